@@ -1,0 +1,3 @@
+from dbproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Command line: ``dbproxy run``, ``dbproxy fingerprint`` …
+
+Errors the user can fix are one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from dbproxy import __version__
+from dbproxy.config import environment, load_config
+from dbproxy.errors import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbproxy",
+        description="Query-observability proxy for PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"dbproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the proxy",
+        description=(
+            "Relay PostgreSQL connections from --listen to --upstream, unchanged, and observe "
+            "every statement. Settings may also come from DBPROXY_* environment variables "
+            "and a TOML file; the command line wins."
+        ),
+    )
+    run.add_argument("--listen", metavar="HOST:PORT", help="where clients connect (127.0.0.1:6432)")
+    run.add_argument(
+        "--upstream", metavar="HOST:PORT", help="the PostgreSQL server (127.0.0.1:5432)"
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file (DBPROXY_CONFIG)")
+    run.add_argument(
+        "--shutdown-timeout", metavar="SECONDS", help="let sessions finish on SIGTERM (30)"
+    )
+    run.add_argument("--connect-timeout", metavar="SECONDS", help="upstream connect timeout (5)")
+    run.add_argument("--sink-capacity", metavar="N", help="events buffered before drops (65536)")
+    run.add_argument(
+        "--max-statement-bytes", metavar="N", help="statement text kept per message (1048576)"
+    )
+    run.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error (info)")
+
+    sub.add_parser(
+        "fingerprint",
+        help="print the fingerprint of SQL statements",
+        add_help=False,
+        prefix_chars="\0",  # everything after the command goes to the fingerprint tool
+    )
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["fingerprint"]:
+        from dbproxy.fingerprint_cmd import main as fingerprint_main
+
+        return fingerprint_main(args_list[1:], sys.stdin, sys.stdout)
+
+    parser = _build_parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return _run(args)
+    except ConfigError as exc:
+        print(f"dbproxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE  # pragma: no cover - parser.error exits
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dbproxy import app
+
+    cli_values = {
+        "listen": args.listen,
+        "upstream": args.upstream,
+        "shutdown_timeout": args.shutdown_timeout,
+        "connect_timeout": args.connect_timeout,
+        "sink_capacity": args.sink_capacity,
+        "max_statement_bytes": args.max_statement_bytes,
+        "log_level": args.log_level,
+    }
+    config = load_config(cli_values, environment(), args.config)
+    _setup_logging(config.log_level)
+    app.run(config)
+    return 0

@@ -1,0 +1,158 @@
+"""Configuration: built once, frozen, validated; the only module that reads the environment.
+
+Precedence, highest first: command-line options, ``DBPROXY_*`` environment variables,
+the TOML file (``--config`` / ``DBPROXY_CONFIG``), built-in defaults.  Every problem is
+a :class:`~dbproxy.errors.ConfigError` with a one-line message naming the setting and
+where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dbproxy.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, *, default_host: str = "127.0.0.1") -> Address:
+    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT``."""
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"not HOST:PORT: {text!r}")
+        port_text = rest[1:]
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    elif value.isdigit():
+        host, port_text = "", value
+    else:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 1-65535 in {text!r}")
+    return Address(host or default_host, int(port_text))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyConfig:
+    #: where clients connect
+    listen: Address = field(default_factory=lambda: Address("127.0.0.1", 6432))
+    #: the PostgreSQL server (or pooler) the proxy forwards to
+    upstream: Address = field(default_factory=lambda: Address("127.0.0.1", 5432))
+    #: seconds to let sessions finish on SIGTERM/SIGINT before closing them
+    shutdown_timeout: float = 30.0
+    #: seconds to wait for the upstream TCP connection
+    connect_timeout: float = 5.0
+    #: events buffered between the proxy and its consumers; more are dropped and counted
+    sink_capacity: int = 65_536
+    #: bytes of statement text kept per Query/Parse (longer statements are cut)
+    max_statement_bytes: int = 1 << 20
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    name: str
+    env: str
+    parse: Any  # Callable[[str], object]; Any keeps the table readable
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _log_level(text: str) -> str:
+    value = text.lower()
+    if value not in ("debug", "info", "warning", "error"):
+        raise ValueError("must be debug, info, warning or error")
+    return value
+
+
+_SETTINGS = (
+    _Setting("listen", "DBPROXY_LISTEN", parse_address),
+    _Setting("upstream", "DBPROXY_UPSTREAM", parse_address),
+    _Setting("shutdown_timeout", "DBPROXY_SHUTDOWN_TIMEOUT", _positive_float),
+    _Setting("connect_timeout", "DBPROXY_CONNECT_TIMEOUT", _positive_float),
+    _Setting("sink_capacity", "DBPROXY_SINK_CAPACITY", _positive_int),
+    _Setting("max_statement_bytes", "DBPROXY_MAX_STATEMENT_BYTES", _positive_int),
+    _Setting("log_level", "DBPROXY_LOG_LEVEL", _log_level),
+)
+CONFIG_ENV = "DBPROXY_CONFIG"
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment; the one read of ``os.environ`` in dbproxy."""
+    return os.environ
+
+
+def load_config(
+    cli: Mapping[str, str | None],
+    env: Mapping[str, str],
+    config_file: str | None = None,
+) -> ProxyConfig:
+    """Build the configuration from CLI values (strings, None when not given), the
+    environment and the TOML file named by ``config_file`` or ``DBPROXY_CONFIG``."""
+    file_values: dict[str, object] = {}
+    path = config_file or env.get(CONFIG_ENV)
+    if path:
+        file_values = _read_toml(path)
+    known = {s.name for s in _SETTINGS}
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+
+    values: dict[str, object] = {}
+    for setting in _SETTINGS:
+        raw: object
+        if cli.get(setting.name) is not None:
+            raw, origin = cli[setting.name], f"--{setting.name.replace('_', '-')}"
+        elif setting.env in env:
+            raw, origin = env[setting.env], setting.env
+        elif setting.name in file_values:
+            raw, origin = file_values[setting.name], f"{path}: {setting.name}"
+        else:
+            continue
+        try:
+            values[setting.name] = setting.parse(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"invalid {origin} {raw!r}: {exc}") from None
+    assert {f.name for f in fields(ProxyConfig)} >= set(values)
+    return ProxyConfig(**values)  # type: ignore[arg-type]
+
+
+def _read_toml(path: str) -> dict[str, object]:
+    try:
+        with Path(path).open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept settings at top level or under a [proxy] table.
+    section = data.get("proxy", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [proxy] must be a table")
+    return {k: v for k, v in section.items() if k != "proxy"}

@@ -1,0 +1,209 @@
+"""Incremental framing of a PostgreSQL byte stream (sans-I/O).
+
+``FrameReader.feed(data)`` takes whatever bytes arrived and returns the messages that
+became complete, as ``(type, length, body)`` tuples:
+
+* ``type`` is the message-type byte as an int, or ``STARTUP`` (0) for the untyped
+  packets of the startup phase (StartupMessage, SSLRequest, GSSENCRequest,
+  CancelRequest; their request code is the first four bytes of ``body``);
+* ``length`` is the length of the body (the wire length minus its own four bytes);
+* ``body`` holds at most the first ``capture[type]`` bytes of the body.  Messages the
+  observer does not read (DataRow, CopyData) keep nothing, so a 1 GB message streams
+  through in O(1) memory; ``len(body) < length`` tells that a body was cut.
+
+Limits are the server's: a startup packet over 10,000 bytes or a message over
+``MAX_MESSAGE_LENGTH`` raises the reader's protocol error, naming the guilty side.
+A header split across reads is kept (at most 4 bytes) and joined with the next read;
+no other bytes are copied except the captured prefixes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Final
+
+from dbproxy.errors import BackendProtocolError, FrontendProtocolError, ProtocolError
+from dbproxy.protocol import codes
+
+STARTUP: Final = 0
+Frame = tuple[int, int, bytes]
+
+_TYPED_HEADER = struct.Struct("!BI")
+_UNTYPED_HEADER = struct.Struct("!I")
+_INT32 = struct.Struct("!I")
+
+#: Default capture for fully-read message types.  Everything else keeps 0 bytes.
+DEFAULT_TEXT_LIMIT: Final = 1 << 20
+
+
+def capture_table(limits: dict[int, int]) -> list[int]:
+    """A 256-entry table: how many body bytes to keep for each message type."""
+    table = [0] * 256
+    for msg_type, limit in limits.items():
+        table[msg_type] = limit
+    return table
+
+
+def frontend_capture(text_limit: int = DEFAULT_TEXT_LIMIT) -> list[int]:
+    """What an observer keeps of client messages: statement text, names, never data."""
+    return capture_table(
+        {
+            STARTUP: codes.MAX_STARTUP_PACKET_LENGTH,
+            codes.QUERY: text_limit,
+            codes.PARSE: text_limit,
+            codes.BIND: 512,  # portal and statement names (NAMEDATALEN is 64)
+            codes.EXECUTE: 512,
+            codes.DESCRIBE: 512,
+            codes.CLOSE: 512,
+            codes.FUNCTION_CALL: 4,
+        }
+    )
+
+
+def backend_capture() -> list[int]:
+    """What an observer keeps of server messages: statuses and errors, never rows."""
+    return capture_table(
+        {
+            codes.AUTHENTICATION: 4,
+            codes.BACKEND_KEY_DATA: 4 + 256,
+            codes.COMMAND_COMPLETE: 256,
+            codes.ERROR_RESPONSE: 8192,
+            codes.PARAMETER_STATUS: 1024,
+            codes.READY_FOR_QUERY: 1,
+            codes.NEGOTIATE_PROTOCOL_VERSION: 1024,
+        }
+    )
+
+
+class FrameReader:
+    """Splits one direction of a connection into frames; see the module docstring."""
+
+    __slots__ = (
+        "_body",
+        "_cap_left",
+        "_capture",
+        "_error",
+        "_length",
+        "_max_length",
+        "_pending",
+        "_remaining",
+        "_startup",
+        "_type",
+    )
+
+    def __init__(
+        self,
+        *,
+        capture: Sequence[int],
+        startup: bool,
+        error: type[ProtocolError],
+        max_length: int = codes.MAX_MESSAGE_LENGTH,
+    ) -> None:
+        if len(capture) != 256:
+            raise ValueError("capture must have 256 entries")
+        self._capture = capture
+        self._startup = startup
+        self._error = error
+        self._max_length = max_length
+        self._pending = b""  # an incomplete header, at most 4 bytes
+        self._remaining = 0  # body bytes still to come for the current frame
+        self._type = 0
+        self._length = 0
+        self._cap_left = 0
+        self._body = bytearray()
+
+    @classmethod
+    def for_frontend(cls, text_limit: int = DEFAULT_TEXT_LIMIT) -> FrameReader:
+        return cls(capture=frontend_capture(text_limit), startup=True, error=FrontendProtocolError)
+
+    @classmethod
+    def for_backend(cls) -> FrameReader:
+        return cls(capture=backend_capture(), startup=False, error=BackendProtocolError)
+
+    @property
+    def in_startup(self) -> bool:
+        return self._startup
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while a frame has started but not completed."""
+        return bool(self._pending) or self._remaining > 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
+        n = len(data)
+        pos = 0
+        if self._remaining:
+            take = self._remaining if self._remaining < n else n
+            if self._cap_left:
+                keep = self._cap_left if self._cap_left < take else take
+                self._body += data[:keep]
+                self._cap_left -= keep
+            self._remaining -= take
+            pos = take
+            if self._remaining:
+                return out
+            self._finish(out, bytes(self._body))
+            self._body = bytearray()
+        elif self._pending:
+            data = self._pending + data
+            n = len(data)
+            self._pending = b""
+
+        capture = self._capture
+        while pos < n:
+            if self._startup:
+                if n - pos < 4:
+                    self._pending = data[pos:]
+                    break
+                (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
+                if length < 8 or length > codes.MAX_STARTUP_PACKET_LENGTH:
+                    raise self._error(f"invalid length of startup packet: {length}")
+                msg_type = STARTUP
+                body_len = length - 4
+                body_start = pos + 4
+            else:
+                if n - pos < 5:
+                    self._pending = data[pos:]
+                    break
+                msg_type, length = _TYPED_HEADER.unpack_from(data, pos)
+                if length < 4 or length > self._max_length:
+                    raise self._error(
+                        f"invalid message length {length} for message type {chr(msg_type)!r}"
+                    )
+                body_len = length - 4
+                body_start = pos + 5
+            limit = capture[msg_type]
+            keep = limit if limit < body_len else body_len
+            end = body_start + body_len
+            if end <= n:
+                body = data[body_start : body_start + keep] if keep else b""
+                pos = end
+                if msg_type == STARTUP:
+                    self._after_startup_packet(body)
+                out.append((msg_type, body_len, body))
+                continue
+            # The body continues in later reads.
+            avail = n - body_start
+            self._type = msg_type
+            self._length = body_len
+            self._remaining = body_len - avail
+            first = keep if keep < avail else avail
+            self._body = bytearray(data[body_start : body_start + first])
+            self._cap_left = keep - first
+            break
+        return out
+
+    def _finish(self, out: list[Frame], body: bytes) -> None:
+        if self._type == STARTUP:
+            self._after_startup_packet(body)
+        out.append((self._type, self._length, body))
+
+    def _after_startup_packet(self, body: bytes) -> None:
+        # SSLRequest / GSSENCRequest are followed by another startup packet; a
+        # StartupMessage by regular messages; a CancelRequest by nothing.
+        if len(body) >= 4:
+            (code,) = _INT32.unpack_from(body, 0)
+            if code >> 16 == 3:
+                self._startup = False

@@ -1,0 +1,718 @@
+"""The per-connection state machine: both directions' bytes in, events out (sans-I/O).
+
+The proxy forwards bytes first and then calls :meth:`Session.client_data` /
+:meth:`Session.server_data` with the same bytes and the monotonic time they were
+seen.  The session frames them, keeps the protocol state a server keeps (prepared
+statements, portals, pending requests, transaction status) and emits events through
+the ``emit`` callback it was given.
+
+How statements are paired with answers
+    Every client request that the server answers is queued (Parse, Bind, Describe,
+    Execute, Close, Sync, Query, FunctionCall); every answer pops the request it
+    belongs to.  After an ErrorResponse the server skips to the next Sync, and so do
+    we: skipped Executes are counted (``skipped_statements``), never reported as
+    successes.  A simple Query is split into statements as the server splits it
+    (:func:`dbproxy.sql.splitter.split_statements`) and each CommandComplete ends
+    the next statement.
+
+How statements are timed
+    A statement starts when its first message (Parse/Bind/Execute, or the Query) was
+    sent, but not before the previous statement of the session ended: in a pipeline
+    the server runs one thing at a time, so this is when the server really started it.
+    It ends at its CommandComplete / ErrorResponse.  The commit of an implicit
+    transaction belongs to the statement that ended it: the simple protocol commits
+    before the last CommandComplete, so nothing is needed there; in the extended
+    protocol the commit runs at Sync, so the time from Sync to ReadyForQuery is added
+    to the last statement before the Sync, and an error raised there (a deferred
+    constraint, a serialization failure) fails that statement (phase ``commit``).
+    A portal run in several Executes (row limits, PortalSuspended) is one statement
+    whose ``duration_ns`` sums the Executes and whose rows sum their DataRows.
+
+Implicit transactions
+    Statements completed in an implicit transaction (several statements in one Query,
+    or several Executes before one Sync, outside BEGIN … COMMIT) are rolled back when
+    a later statement of the same transaction fails; their events say
+    ``rolled_back=True``.  Statement events are therefore emitted at ReadyForQuery,
+    when the outcome of the transaction is known.
+
+The session never raises on bad bytes: a protocol violation (or a replication
+connection, whose CopyBoth stream we do not interpret) turns observation off for the
+session, which keeps being relayed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from dbproxy.errors import ProtocolError
+from dbproxy.protocol import codes, messages
+from dbproxy.protocol.events import (
+    Event,
+    Protocol,
+    ServerError,
+    SessionClosed,
+    SessionOpened,
+    SessionRejected,
+    StatementFailed,
+    StatementFinished,
+    StatementStarted,
+    TransactionFinished,
+    TransactionStarted,
+)
+from dbproxy.protocol.framing import STARTUP, FrameReader
+from dbproxy.sql.splitter import split_statements
+
+EmitFn = Callable[[Event], None]
+
+# Pending-request kinds.
+_PARSE: Final = 1
+_BIND: Final = 2
+_DESCRIBE: Final = 3
+_EXECUTE: Final = 4
+_CLOSE: Final = 5
+_SYNC: Final = 6
+_QUERY: Final = 7
+_FUNCTION: Final = 8
+_PHASES: Final = {_PARSE: "parse", _BIND: "bind", _DESCRIBE: "describe", _CLOSE: "close"}
+
+_BEGIN_COMMANDS: Final = frozenset({"BEGIN", "START TRANSACTION"})
+_END_COMMANDS: Final = frozenset(
+    {"COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED"}
+)
+_FORGET_PREPARED: Final = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+
+
+class _Prepared:
+    __slots__ = ("param_type_oids", "text")
+
+    def __init__(self, text: str, param_type_oids: tuple[int, ...]) -> None:
+        self.text = text
+        self.param_type_oids = param_type_oids
+
+
+class _Run:
+    """A statement being executed or waiting for its transaction's outcome."""
+
+    __slots__ = (
+        "active_ns",
+        "command",
+        "end_ns",
+        "error",
+        "function_oid",
+        "in_transaction",
+        "param_type_oids",
+        "phase",
+        "portal_name",
+        "protocol",
+        "rolled_back",
+        "rows",
+        "start_ns",
+        "statement_name",
+        "text",
+    )
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        text: str,
+        *,
+        statement_name: str | None = None,
+        portal_name: str | None = None,
+        param_type_oids: tuple[int, ...] = (),
+        function_oid: int | None = None,
+    ) -> None:
+        self.protocol: Protocol = protocol
+        self.text = text
+        self.statement_name = statement_name
+        self.portal_name = portal_name
+        self.param_type_oids = param_type_oids
+        self.function_oid = function_oid
+        self.start_ns = 0
+        self.end_ns = 0
+        self.active_ns = 0
+        self.rows = 0
+        self.command = ""
+        self.error: ServerError | None = None
+        self.phase = ""
+        self.rolled_back = False
+        self.in_transaction = False
+
+
+class _Query:
+    __slots__ = ("index", "statements", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.statements = split_statements(text)
+        self.index = 0
+
+
+class _Pending:
+    __slots__ = ("kind", "payload", "sent_ns")
+
+    def __init__(self, kind: int, payload: object, sent_ns: int) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.sent_ns = sent_ns
+
+
+class SessionStats:
+    """Plain counters the proxy may publish; never touched by I/O."""
+
+    __slots__ = ("desyncs", "skipped_statements", "split_mismatches")
+
+    def __init__(self) -> None:
+        self.skipped_statements = 0
+        self.split_mismatches = 0
+        self.desyncs = 0
+
+
+class Session:
+    """State machine for one client connection; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        session_id: int,
+        emit: EmitFn,
+        epoch_offset_ns: int,
+        text_limit: int = 1 << 20,
+        track_starts: bool = False,
+    ) -> None:
+        self.session_id = session_id
+        self._emit = emit
+        self._epoch_offset_ns = epoch_offset_ns
+        self._track_starts = track_starts
+        self._client = FrameReader.for_frontend(text_limit)
+        self._server = FrameReader.for_backend()
+        self.stats = SessionStats()
+
+        # what we know of the connection
+        self.user = ""
+        self.database = ""
+        self.application_name = ""
+        self.server_version = ""
+        self.backend_pid = 0
+        self.protocol_version = (3, 0)
+        self.is_cancel_request = False
+        self.ready = False  # startup finished (first ReadyForQuery)
+        self.observing = True
+        self.lost_reason = ""
+        self._encoding = "utf-8"
+
+        # protocol state mirrored from the server
+        self._prepared: dict[str, _Prepared] = {}
+        self._portals: dict[str, _Run] = {}
+        self._pending: deque[_Pending] = deque()
+        self._group_start_ns = 0
+        self._rows = 0  # DataRows since the last completion
+        self._last_end_ns = 0
+        self._query_run: _Run | None = None
+
+        # transactions
+        self._tx_status = codes.TX_IDLE
+        self._explicit = False
+        self._batch: list[_Run] = []
+        self._implicit: list[_Run] = []
+        self._last_extended: _Run | None = None
+        self._suspended: list[_Run] = []
+        self._tx_start_ns = 0
+        self._tx_statements = 0
+        self._tx_last_command = ""
+
+    # ------------------------------------------------------------------ feeding
+    def client_data(self, data: bytes, now_ns: int) -> None:
+        if not self.observing:
+            return
+        try:
+            frames = self._client.feed(data)
+        except ProtocolError as exc:
+            self.lose(f"client: {exc}")
+            return
+        for msg_type, _length, body in frames:
+            self._on_client(msg_type, body, now_ns)
+
+    def server_data(self, data: bytes, now_ns: int) -> None:
+        if not self.observing:
+            return
+        try:
+            frames = self._server.feed(data)
+        except ProtocolError as exc:
+            self.lose(f"server: {exc}")
+            return
+        start = 0
+        if not self.ready:
+            for msg_type, _length, body in frames:
+                start += 1
+                self._on_server_startup(msg_type, body, now_ns)
+                if self.ready or not self.observing:
+                    break  # the rest of this read is regular traffic
+        for i in range(start, len(frames)):
+            msg_type, _length, body = frames[i]
+            if msg_type == codes.DATA_ROW:
+                self._rows += 1
+            elif self.observing:
+                self._on_server(msg_type, body, now_ns)
+
+    def close(self, now_ns: int) -> None:
+        """The connection ended (either side)."""
+        if self.is_cancel_request:
+            return
+        interrupted = sum(1 for p in self._pending if p.kind in (_EXECUTE, _QUERY, _FUNCTION))
+        if self.observing and self.ready:
+            self._flush_batch()
+        self._pending.clear()
+        self._emit(
+            SessionClosed(
+                session_id=self.session_id,
+                at_ns=now_ns,
+                interrupted=interrupted,
+                observation_lost=bool(self.lost_reason),
+            )
+        )
+
+    def lose(self, reason: str) -> None:
+        """Stop observing this session (bytes keep flowing)."""
+        if self.observing:
+            self.observing = False
+            self.lost_reason = reason
+
+    # ------------------------------------------------------------------ client side
+    def _on_client(self, msg_type: int, body: bytes, now: int) -> None:
+        enc = self._encoding
+        if msg_type == codes.EXECUTE:
+            portal_name, _max_rows = messages.decode_execute(body, enc)
+            run = self._portals.get(portal_name)
+            if run is None:
+                run = _Run("extended", "", portal_name=portal_name)
+            sent = self._group_start_ns or now
+            self._group_start_ns = 0
+            self._pending.append(_Pending(_EXECUTE, run, sent))
+            if self._track_starts:
+                self._emit(
+                    StatementStarted(
+                        session_id=self.session_id, protocol="extended", text=run.text, start_ns=now
+                    )
+                )
+        elif msg_type == codes.BIND:
+            portal_name, statement_name = messages.decode_bind(body, enc)
+            prepared = self._prepared.get(statement_name)
+            run = _Run(
+                "extended",
+                prepared.text if prepared else "",
+                statement_name=statement_name,
+                portal_name=portal_name,
+                param_type_oids=prepared.param_type_oids if prepared else (),
+            )
+            self._portals[portal_name] = run
+            self._start_group(now)
+            self._pending.append(_Pending(_BIND, run, now))
+        elif msg_type == codes.SYNC:
+            self._group_start_ns = 0
+            self._pending.append(_Pending(_SYNC, None, now))
+        elif msg_type == codes.PARSE:
+            parse = messages.decode_parse(body, enc)
+            self._prepared[parse.name] = _Prepared(parse.query, parse.param_type_oids)
+            self._start_group(now)
+            self._pending.append(_Pending(_PARSE, parse, now))
+        elif msg_type == codes.DESCRIBE:
+            self._start_group(now)
+            self._pending.append(_Pending(_DESCRIBE, None, now))
+        elif msg_type == codes.QUERY:
+            query = _Query(messages.decode_query(body, enc))
+            self._pending.append(_Pending(_QUERY, query, now))
+            if self._track_starts:
+                self._emit(
+                    StatementStarted(
+                        session_id=self.session_id, protocol="simple", text=query.text, start_ns=now
+                    )
+                )
+        elif msg_type == codes.CLOSE:
+            kind, name = messages.decode_target(body, enc)
+            target = None
+            if kind == ord("S"):
+                self._prepared.pop(name, None)
+            elif kind == ord("P"):
+                target = self._portals.pop(name, None)
+            self._pending.append(_Pending(_CLOSE, target, now))
+        elif msg_type == codes.FUNCTION_CALL:
+            oid = messages.decode_function_call(body)
+            run = _Run("function", "", function_oid=oid)
+            self._pending.append(_Pending(_FUNCTION, run, now))
+        elif msg_type == STARTUP:
+            self._on_startup_packet(body)
+        # Flush, CopyData/Done/Fail, password messages and Terminate need no state.
+
+    def _start_group(self, now: int) -> None:
+        if not self._group_start_ns:
+            self._group_start_ns = now
+
+    def _on_startup_packet(self, body: bytes) -> None:
+        packet = messages.decode_startup(body)
+        if packet.code == codes.CANCEL_REQUEST_CODE:
+            self.is_cancel_request = True
+            self.observing = False
+            return
+        if packet.code >> 16 != 3:
+            return  # SSLRequest / GSSENCRequest: another startup packet follows
+        self.protocol_version = (packet.code >> 16, packet.code & 0xFFFF)
+        params = packet.params
+        self.user = params.get("user", "")
+        self.database = params.get("database", self.user)
+        self.application_name = params.get("application_name", "")
+        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            self.lose("replication connection: relayed without interpretation")
+
+    # ------------------------------------------------------------------ server side
+    def _on_server_startup(self, msg_type: int, body: bytes, now: int) -> None:
+        if msg_type == codes.READY_FOR_QUERY:
+            self.ready = True
+            self._tx_status = body[0] if body else codes.TX_IDLE
+            self._last_end_ns = now
+            self._emit(
+                SessionOpened(
+                    session_id=self.session_id,
+                    user=self.user,
+                    database=self.database,
+                    application_name=self.application_name,
+                    backend_pid=self.backend_pid,
+                    server_version=self.server_version,
+                    protocol_version=self.protocol_version,
+                    at_ns=now,
+                    at_epoch_ns=now + self._epoch_offset_ns,
+                )
+            )
+        elif msg_type == codes.PARAMETER_STATUS:
+            self._on_parameter_status(body)
+        elif msg_type == codes.BACKEND_KEY_DATA:
+            self.backend_pid, _key = messages.decode_backend_key_data(body)
+        elif msg_type == codes.ERROR_RESPONSE:
+            fields = messages.decode_error(body, self._encoding)
+            self._emit(
+                SessionRejected(
+                    session_id=self.session_id,
+                    user=self.user,
+                    database=self.database,
+                    error=ServerError(
+                        severity=fields.severity, sqlstate=fields.sqlstate, message=fields.message
+                    ),
+                    at_ns=now,
+                )
+            )
+            self.observing = False
+
+    def _on_parameter_status(self, body: bytes) -> None:
+        name, value = messages.decode_parameter_status(body)
+        if name == "application_name":
+            self.application_name = value
+        elif name == "client_encoding":
+            self._encoding = messages.python_encoding(value)
+        elif name == "server_version":
+            self.server_version = value
+
+    def _on_server(self, msg_type: int, body: bytes, now: int) -> None:
+        pending = self._pending
+        if msg_type == codes.COMMAND_COMPLETE:
+            command, count = messages.decode_command_complete(body)
+            head = pending[0] if pending else None
+            if head is None:
+                self._desync()
+            elif head.kind == _EXECUTE:
+                pending.popleft()
+                run = head.payload
+                assert isinstance(run, _Run)
+                self._end_segment(run, head.sent_ns, now)
+                self._finish(run, command, count, now)
+                # the portal is exhausted: a new Execute on it starts afresh
+                if run in self._suspended:
+                    self._suspended.remove(run)
+            elif head.kind == _QUERY:
+                run = self._query_statement(head, now)
+                run.active_ns = now - run.start_ns
+                run.rows = self._rows
+                self._rows = 0
+                self._finish(run, command, count, now)
+            else:
+                self._desync()
+        elif msg_type == codes.READY_FOR_QUERY:
+            self._on_ready(body[0] if body else codes.TX_IDLE, now)
+        elif msg_type == codes.PARSE_COMPLETE:
+            self._pop(_PARSE)
+        elif msg_type == codes.BIND_COMPLETE:
+            self._pop(_BIND)
+        elif msg_type in (codes.ROW_DESCRIPTION, codes.NO_DATA):
+            if pending and pending[0].kind == _DESCRIBE:
+                pending.popleft()
+        elif msg_type == codes.PORTAL_SUSPENDED:
+            head = pending[0] if pending else None
+            if head is not None and head.kind == _EXECUTE:
+                pending.popleft()
+                run = head.payload
+                assert isinstance(run, _Run)
+                self._end_segment(run, head.sent_ns, now)
+                run.rows += self._rows
+                self._rows = 0
+                self._last_end_ns = now
+                if run not in self._suspended:
+                    self._suspended.append(run)
+            else:
+                self._desync()
+        elif msg_type == codes.ERROR_RESPONSE:
+            self._on_error(messages.decode_error(body, self._encoding), now)
+        elif msg_type == codes.EMPTY_QUERY_RESPONSE:
+            head = pending[0] if pending else None
+            if head is not None and head.kind == _EXECUTE:
+                pending.popleft()
+            elif head is not None and head.kind == _QUERY:
+                query = head.payload
+                assert isinstance(query, _Query)
+                query.index += 1
+            self._last_end_ns = now
+        elif msg_type == codes.CLOSE_COMPLETE:
+            head = self._pop(_CLOSE)
+            if head is not None and isinstance(head.payload, _Run):
+                self._finish_suspended(head.payload, now)
+        elif msg_type == codes.FUNCTION_CALL_RESPONSE:
+            head = pending[0] if pending else None
+            if head is not None and head.kind == _FUNCTION:
+                run = head.payload
+                assert isinstance(run, _Run)
+                run.start_ns = max(head.sent_ns, self._last_end_ns)
+                run.active_ns = now - run.start_ns
+                self._finish(run, "FUNCTION CALL", None, now)
+        elif msg_type == codes.PARAMETER_STATUS:
+            self._on_parameter_status(body)
+        elif msg_type == codes.COPY_BOTH_RESPONSE:
+            self.lose("CopyBoth (replication stream): relayed without interpretation")
+        # ParameterDescription, CopyIn/OutResponse, CopyData/Done, Notice and
+        # Notification responses need no state.
+
+    def _pop(self, kind: int) -> _Pending | None:
+        pending = self._pending
+        if pending and pending[0].kind == kind:
+            return pending.popleft()
+        self._desync()
+        return None
+
+    def _desync(self) -> None:
+        # An answer we cannot pair.  Like asyncpg after a parse error: give up on the
+        # requests in flight and pick up again at the next ReadyForQuery.
+        self.stats.desyncs += 1
+        while self._pending and self._pending[0].kind not in (_SYNC, _QUERY, _FUNCTION):
+            self._pending.popleft()
+
+    def _query_statement(self, head: _Pending, now: int) -> _Run:
+        """The statement of a simple Query that the current answer belongs to."""
+        run = self._query_run
+        if run is None:
+            query = head.payload
+            assert isinstance(query, _Query)
+            if query.index < len(query.statements):
+                text = query.statements[query.index]
+            else:
+                self.stats.split_mismatches += 1
+                text = query.text if not query.statements else ""
+            query.index += 1
+            run = _Run("simple", text)
+            run.start_ns = max(head.sent_ns, self._last_end_ns)
+            self._query_run = run
+        return run
+
+    def _end_segment(self, run: _Run, sent_ns: int, now: int) -> None:
+        start = max(sent_ns, self._last_end_ns)
+        if not run.start_ns:
+            run.start_ns = start
+        run.active_ns += now - start
+
+    def _finish(self, run: _Run, command: str, count: int | None, now: int) -> None:
+        if run.protocol == "extended":
+            run.rows += self._rows
+            self._rows = 0
+        if not run.rows and count is not None:
+            run.rows = count
+        run.command = command
+        run.end_ns = now
+        self._last_end_ns = now
+        self._query_run = None
+        is_begin = command in _BEGIN_COMMANDS
+        run.in_transaction = self._explicit or is_begin
+        if is_begin:
+            self._explicit = True
+            self._tx_start_ns = run.start_ns
+        elif command in _END_COMMANDS:
+            self._explicit = False
+            self._tx_last_command = command
+        elif command in _FORGET_PREPARED:
+            self._prepared = {k: v for k, v in self._prepared.items() if not k}
+        if not run.in_transaction:
+            self._implicit.append(run)
+        else:
+            self._tx_statements += 1
+        self._batch.append(run)
+        if run.protocol == "extended":
+            self._last_extended = run
+        else:
+            self._last_extended = None
+
+    def _fail(self, run: _Run, error: ServerError, phase: str, sent_ns: int, now: int) -> None:
+        if not run.start_ns:
+            run.start_ns = max(sent_ns, self._last_end_ns)
+        run.active_ns += now - max(run.start_ns, sent_ns, self._last_end_ns)
+        run.rows += self._rows
+        self._rows = 0
+        run.error = error
+        run.phase = phase
+        run.end_ns = now
+        run.in_transaction = self._explicit
+        self._last_end_ns = now
+        self._query_run = None
+        self._last_extended = None
+        if run not in self._batch:
+            self._batch.append(run)
+        if run in self._suspended:
+            self._suspended.remove(run)
+
+    def _on_error(self, fields: messages.ErrorFields, now: int) -> None:
+        error = ServerError(
+            severity=fields.severity, sqlstate=fields.sqlstate, message=fields.message
+        )
+        pending = self._pending
+        head = pending[0] if pending else None
+        if head is None:
+            return  # e.g. FATAL on admin shutdown while idle
+        if head.kind == _QUERY:
+            query = head.payload
+            assert isinstance(query, _Query)
+            run = self._query_statement(head, now)
+            self._fail(run, error, "execute", head.sent_ns, now)
+            self.stats.skipped_statements += max(0, len(query.statements) - query.index)
+            query.index = len(query.statements)
+        elif head.kind == _SYNC:
+            # An error at Sync is raised by the commit of the implicit transaction.
+            last = self._last_extended
+            if last is not None and not last.in_transaction and last.error is None:
+                self._fail(last, error, "commit", head.sent_ns, now)
+        elif head.kind == _FUNCTION:
+            call = head.payload
+            assert isinstance(call, _Run)
+            self._fail(call, error, "execute", head.sent_ns, now)
+        else:
+            # Parse/Bind/Describe/Execute/Close: the statement is the first Execute up
+            # to the next Sync; the server skips everything after the error until Sync.
+            failed: _Run | None = None
+            sent = head.sent_ns
+            skipped = 0
+            while pending and pending[0].kind != _SYNC:
+                item = pending.popleft()
+                if item.kind == _EXECUTE:
+                    if failed is None:
+                        assert isinstance(item.payload, _Run)
+                        failed = item.payload
+                    else:
+                        skipped += 1
+            self.stats.skipped_statements += skipped
+            phase = "execute" if head.kind == _EXECUTE else _PHASES.get(head.kind, "execute")
+            if failed is None:
+                payload = head.payload
+                if isinstance(payload, messages.ParseMessage):
+                    failed = _Run("extended", payload.query, statement_name=payload.name)
+                elif isinstance(payload, _Run):
+                    failed = payload
+            if failed is not None:
+                self._fail(failed, error, phase, sent, now)
+        self._rollback_implicit()
+
+    def _rollback_implicit(self) -> None:
+        if not self._explicit:
+            for run in self._implicit:
+                if run.error is None:
+                    run.rolled_back = True
+        self._implicit.clear()
+
+    def _finish_suspended(self, run: _Run, now: int) -> None:
+        if run in self._suspended:
+            self._suspended.remove(run)
+            self._finish(run, "SELECT", None, now)
+            run.end_ns = max(run.end_ns, run.start_ns)
+
+    def _on_ready(self, status: int, now: int) -> None:
+        pending = self._pending
+        answered: _Pending | None = None
+        while pending:
+            item = pending.popleft()
+            if item.kind in (_SYNC, _QUERY, _FUNCTION):
+                answered = item
+                break
+            self.stats.desyncs += 1
+        if answered is not None and answered.kind == _SYNC:
+            run = self._last_extended
+            if run is not None and run.error is None and not run.in_transaction:
+                # commit of the implicit transaction, measured from when it could start
+                commit_ns = now - max(run.end_ns, answered.sent_ns)
+                if commit_ns > 0:
+                    run.end_ns += commit_ns
+                    run.active_ns += commit_ns
+        if status == codes.TX_IDLE and not pending:
+            for run in list(self._suspended):
+                self._finish_suspended(run, now)
+            self._portals.clear()
+        self._implicit.clear()
+        self._flush_batch()
+        self._last_extended = None
+        self._query_run = None
+        self._rows = 0
+        self._last_end_ns = now
+
+        previous = self._tx_status
+        self._tx_status = status
+        if previous == codes.TX_IDLE and status != codes.TX_IDLE:
+            self._emit(
+                TransactionStarted(session_id=self.session_id, at_ns=self._tx_start_ns or now)
+            )
+        elif previous != codes.TX_IDLE and status == codes.TX_IDLE:
+            self._emit(
+                TransactionFinished(
+                    session_id=self.session_id,
+                    committed=self._tx_last_command in ("COMMIT", "PREPARE TRANSACTION"),
+                    start_ns=self._tx_start_ns or now,
+                    end_ns=now,
+                    statements=self._tx_statements,
+                )
+            )
+            self._tx_statements = 0
+            self._tx_start_ns = 0
+            self._tx_last_command = ""
+        self._explicit = status != codes.TX_IDLE
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        batch = self._batch
+        self._batch = []
+        offset = self._epoch_offset_ns
+        for run in batch:
+            common = {
+                "session_id": self.session_id,
+                "user": self.user,
+                "database": self.database,
+                "application_name": self.application_name,
+                "protocol": run.protocol,
+                "text": run.text,
+                "statement_name": run.statement_name,
+                "portal_name": run.portal_name,
+                "param_type_oids": run.param_type_oids,
+                "function_oid": run.function_oid,
+                "start_ns": run.start_ns,
+                "end_ns": run.end_ns,
+                "duration_ns": run.active_ns,
+                "start_epoch_ns": run.start_ns + offset,
+                "rows": run.rows,
+                "rolled_back": run.rolled_back,
+                "in_transaction": run.in_transaction,
+            }
+            if run.error is None:
+                self._emit(StatementFinished(command=run.command, **common))  # type: ignore[arg-type]
+            else:
+                self._emit(StatementFailed(error=run.error, phase=run.phase, **common))  # type: ignore[arg-type]

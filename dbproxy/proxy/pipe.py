@@ -1,0 +1,256 @@
+"""One proxied connection: a client-side and a server-side ``asyncio.Protocol``.
+
+Forward first, observe second: ``data_received`` writes the bytes to the peer before
+anything else happens, then hands the same bytes to the session state machine.  An
+exception raised while observing is counted, logged once and turns observation off for
+the connection; it never reaches the client.
+
+Before the first packet is forwarded the client side reads it whole: SSLRequest and
+GSSENCRequest are answered ``N`` here (the proxy offers no TLS yet), a CancelRequest or
+StartupMessage is forwarded as it is.  The upstream connection is opened as soon as the
+client connects; client bytes that arrive before it is up are held, in order, and
+written when it is.  If it cannot be opened the client gets a FATAL ErrorResponse with
+SQLSTATE 08006 naming the upstream.
+
+Backpressure is cross-wired: when one side's transport cannot keep up
+(``pause_writing``), the proxy stops reading from the other side until it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dbproxy.errors import FrontendProtocolError
+from dbproxy.protocol import codes, messages
+from dbproxy.protocol.session import Session
+from dbproxy.protocol.startup import RequestKind, read_startup_request
+
+if TYPE_CHECKING:
+    from dbproxy.proxy.server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+_monotonic_ns = time.monotonic_ns
+
+
+class ClientConnection(asyncio.Protocol):
+    """The client's side of one proxied connection; owns the session."""
+
+    def __init__(self, server: ProxyServer, session_id: int) -> None:
+        self._server = server
+        self.session_id = session_id
+        self.transport: asyncio.Transport | None = None
+        self.upstream: ServerConnection | None = None
+        self._upstream_transport: asyncio.Transport | None = None
+        self._startup_buf = b""
+        self._forwarding = False  # past the startup negotiation
+        self._held: list[bytes] = []  # forwarded bytes waiting for the upstream
+        self._upstream_failed: str | None = None
+        self._closed = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self.session = Session(
+            session_id=session_id,
+            emit=server.sink.put,
+            epoch_offset_ns=time.time_ns() - _monotonic_ns(),
+            text_limit=server.config.max_statement_bytes,
+        )
+        self.peer = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self._server.connections.add(self)
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side; connection_lost closes the upstream
+
+    def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._server.connection_closed(self)
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        if self._upstream_transport is not None:
+            self._upstream_transport.close()
+        if self.transport is not None:
+            self.transport.close()
+        self._observe(self.session.close, _monotonic_ns())
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self._upstream_transport is not None:
+            self._upstream_transport.abort()
+        self._shutdown()
+
+    async def _connect_upstream(self) -> None:
+        config = self._server.config
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: ServerConnection(self),
+                    config.upstream.host,
+                    config.upstream.port,
+                ),
+                timeout=config.connect_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._upstream_failed = reason or type(exc).__name__
+            self._server.stats.upstream_connect_failures += 1
+            log.warning("cannot connect to upstream %s: %s", config.upstream, self._upstream_failed)
+            self._maybe_report_upstream_failure()
+            return
+        if self._closed:
+            transport.close()
+            return
+        assert isinstance(transport, asyncio.Transport)
+        self._upstream_transport = transport
+        self.upstream = protocol
+        held, self._held = self._held, []
+        for chunk in held:
+            transport.write(chunk)
+            self._observe(self.session.client_data, chunk, _monotonic_ns())
+
+    def _maybe_report_upstream_failure(self) -> None:
+        """Tell the client, once it has sent the packet that expects an answer."""
+        if self._upstream_failed is None or self.transport is None or self._closed:
+            return
+        if not self._held:
+            return  # still negotiating SSL/GSSENC, or nothing sent yet
+        if not self.session.is_cancel_request:
+            upstream = self._server.config.upstream
+            self.transport.write(
+                messages.encode_error_response(
+                    severity="FATAL",
+                    sqlstate=codes.SQLSTATE_CONNECTION_FAILURE,
+                    message=(
+                        f"dbproxy could not connect to the upstream server {upstream}: "
+                        f"{self._upstream_failed}"
+                    ),
+                )
+            )
+        self._shutdown()
+
+    # ------------------------------------------------------------------ data path
+    def data_received(self, data: bytes) -> None:
+        if self._forwarding:
+            upstream = self._upstream_transport
+            if upstream is not None:
+                upstream.write(data)
+                self._observe(self.session.client_data, data, _monotonic_ns())
+            else:
+                self._held.append(data)
+            return
+        self._negotiate(data)
+
+    def _negotiate(self, data: bytes) -> None:
+        buf = self._startup_buf + data
+        assert self.transport is not None
+        while not self._forwarding:
+            try:
+                request = read_startup_request(buf)
+            except FrontendProtocolError as exc:
+                self._server.stats.rejected_startups += 1
+                self.transport.write(
+                    messages.encode_error_response(
+                        severity="FATAL",
+                        sqlstate=codes.SQLSTATE_PROTOCOL_VIOLATION,
+                        message=str(exc),
+                    )
+                )
+                self._shutdown()
+                return
+            if request is None:
+                self._startup_buf = buf
+                return
+            if request.kind is RequestKind.DIRECT_TLS:
+                # A TLS ClientHello cannot be answered with a PostgreSQL error.
+                self._server.stats.rejected_startups += 1
+                log.info("client %s tried direct TLS, which is not supported yet", self.peer)
+                self._shutdown()
+                return
+            if request.kind in (RequestKind.SSL, RequestKind.GSSENC):
+                self.transport.write(b"N")
+                buf = buf[request.size :]
+                continue
+            self._forwarding = True
+            self._startup_buf = b""
+            if request.kind is RequestKind.CANCEL:
+                self._server.stats.cancel_requests += 1
+            if buf:
+                self.data_received(buf)
+            self._maybe_report_upstream_failure()
+            return
+
+    def _observe(self, fn: object, *args: object) -> None:
+        try:
+            fn(*args)  # type: ignore[operator]
+        except Exception:
+            self._server.stats.observer_errors += 1
+            if self.session.observing:
+                log.exception("observer error in session %d; observation stops", self.session_id)
+                self.session.lose("observer error")
+
+    # ------------------------------------------------------------------ backpressure
+    def pause_writing(self) -> None:
+        if self._upstream_transport is not None:
+            self._upstream_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream_transport is not None and not self._closed:
+            self._upstream_transport.resume_reading()
+
+    # called by the server side
+    def server_data(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        self._observe(self.session.server_data, data, _monotonic_ns())
+
+    def server_closed(self) -> None:
+        self._shutdown()
+
+
+class ServerConnection(asyncio.Protocol):
+    """The upstream side: forwards to the client, reports to it, is paused by it."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self._client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._client.server_data(data)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client.server_closed()
+
+    def pause_writing(self) -> None:
+        client = self._client.transport
+        if client is not None:
+            client.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self._client.transport
+        if client is not None and not client.is_closing():
+            client.resume_reading()

@@ -1,0 +1,94 @@
+"""Listening socket, connection bookkeeping and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+
+from dbproxy.config import Address, ProxyConfig
+from dbproxy.errors import ConfigError
+from dbproxy.observe.sink import EventSink
+from dbproxy.proxy.pipe import ClientConnection
+
+log = logging.getLogger(__name__)
+
+
+class ProxyStats:
+    """Plain counters of the proxy itself (observation problems included)."""
+
+    __slots__ = (
+        "cancel_requests",
+        "connections_accepted",
+        "observer_errors",
+        "rejected_startups",
+        "upstream_connect_failures",
+    )
+
+    def __init__(self) -> None:
+        self.connections_accepted = 0
+        self.upstream_connect_failures = 0
+        self.observer_errors = 0
+        self.rejected_startups = 0
+        self.cancel_requests = 0
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, sink: EventSink) -> None:
+        self.config = config
+        self.sink = sink
+        self.stats = ProxyStats()
+        self.connections: set[ClientConnection] = set()
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._all_closed = asyncio.Event()
+
+    @property
+    def address(self) -> Address:
+        """Where it listens (with the real port when 0 was asked for)."""
+        assert self._server is not None and self._server.sockets
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return Address(host, port)
+
+    def _new_connection(self) -> ClientConnection:
+        self.stats.connections_accepted += 1
+        return ClientConnection(self, next(self._ids))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        try:
+            self._server = await loop.create_server(
+                self._new_connection, listen.host, listen.port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        log.info("dbproxy listening on %s, forwarding to %s", self.address, self.config.upstream)
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let sessions finish for ``grace_s`` seconds, then close them."""
+        if grace_s is None:
+            grace_s = self.config.shutdown_timeout
+        if self._server is not None:
+            self._server.close()
+        if self.connections:
+            log.info(
+                "shutting down: waiting up to %.1fs for %d session(s)",
+                grace_s,
+                len(self.connections),
+            )
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace_s)
+        if self.connections:
+            log.info("closing %d session(s) still open", len(self.connections))
+            for conn in list(self.connections):
+                conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_closed.set()
