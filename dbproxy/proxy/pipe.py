@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
@@ -61,9 +61,8 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self._server.connections.add(self)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
@@ -118,8 +117,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             transport.close()
             return
-        assert isinstance(transport, asyncio.Transport)
-        self._upstream_transport = transport
+        self._upstream_transport = cast(asyncio.Transport, transport)
         self.upstream = protocol
         held, self._held = self._held, []
         for chunk in held:
@@ -233,8 +231,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         self._client.server_data(data)
