@@ -1,0 +1,185 @@
+"""The cached fingerprinter the proxy owns (one per process, passed in by the composition
+root; never a module global).
+
+Two bounded LRU caches sit in front of sqlglot:
+
+* **exact**: raw statement text → :class:`Fingerprint`.  An extended-protocol query
+  (``$n`` parameters) has the same text on every execution, so this is the common case.
+* **shape**: normalized text → tag-less :class:`Fingerprint`.  The lexer-based normalizer
+  replaces constants and collapses ``IN``/``ARRAY``/``VALUES`` lists, so the same query
+  with other literals, another list length, other whitespace or other comments (a new
+  ``traceparent`` every time) is found here without parsing.  A 200-row INSERT costs one
+  scan and, at most, one parse of a single row.
+
+Because the normalized text fully determines the fingerprint (the id is its hash and the
+analysis is a pure function of it), cache hits and misses can never change a result: the
+output for a statement is the same whatever came before it.
+
+Not thread-safe (plain dicts, no locks): one instance belongs to one task or thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from dbproxy.sql.fingerprint import (
+    Fingerprint,
+    analyze_normalized,
+    build,
+    normalize,
+    with_tags,
+)
+
+__all__ = ["Fingerprinter", "FingerprinterStats"]
+
+# Texts longer than these are fingerprinted but not cached, which bounds the caches' memory
+# (entries x length) and keeps one-off giant statements from evicting the hot set.
+DEFAULT_MAX_EXACT_CHARS: Final = 8_192
+DEFAULT_MAX_SHAPE_CHARS: Final = 8_192
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FingerprinterStats:
+    """A snapshot of the fingerprinter's counters (monotonic except the sizes)."""
+
+    exact_hits: int
+    exact_misses: int
+    shape_hits: int
+    shape_misses: int
+    parses: int  # sqlglot parse attempts
+    parse_failures: int  # statements that fell back to token-level analysis
+    parse_ns: int  # total time inside sqlglot
+    normalize_ns: int  # total time in the lexer/normalizer (exact misses)
+    exact_size: int
+    shape_size: int
+    exact_capacity: int
+    shape_capacity: int
+
+
+class Fingerprinter:
+    """Cached, deterministic SQL fingerprinting.  Not thread-safe."""
+
+    __slots__ = (
+        "_exact",
+        "_exact_capacity",
+        "_exact_hits",
+        "_exact_misses",
+        "_max_exact_chars",
+        "_max_shape_chars",
+        "_normalize_ns",
+        "_parse_failures",
+        "_parse_ns",
+        "_parses",
+        "_shape",
+        "_shape_capacity",
+        "_shape_hits",
+        "_shape_misses",
+    )
+
+    def __init__(
+        self,
+        *,
+        exact_capacity: int = 10_000,
+        shape_capacity: int = 10_000,
+        max_exact_chars: int = DEFAULT_MAX_EXACT_CHARS,
+        max_shape_chars: int = DEFAULT_MAX_SHAPE_CHARS,
+    ) -> None:
+        if exact_capacity < 0 or shape_capacity < 0:
+            raise ValueError("cache capacities must be >= 0")
+        self._exact: OrderedDict[str, Fingerprint] = OrderedDict()
+        self._shape: OrderedDict[str, Fingerprint] = OrderedDict()
+        self._exact_capacity = exact_capacity
+        self._shape_capacity = shape_capacity
+        self._max_exact_chars = max_exact_chars
+        self._max_shape_chars = max_shape_chars
+        self._exact_hits = 0
+        self._exact_misses = 0
+        self._shape_hits = 0
+        self._shape_misses = 0
+        self._parses = 0
+        self._parse_failures = 0
+        self._parse_ns = 0
+        self._normalize_ns = 0
+
+    def fingerprint(self, sql: str) -> Fingerprint:
+        """Fingerprint one statement.  Never raises."""
+        exact = self._exact
+        hit = exact.get(sql)
+        if hit is not None:
+            exact.move_to_end(sql)
+            self._exact_hits += 1
+            return hit
+        self._exact_misses += 1
+
+        started = time.perf_counter_ns()
+        norm = normalize(sql)
+        self._normalize_ns += time.perf_counter_ns() - started
+        key = norm.text
+        shape = self._shape
+        base = shape.get(key)
+        if base is not None:
+            shape.move_to_end(key)
+            self._shape_hits += 1
+        else:
+            self._shape_misses += 1
+            analysis = analyze_normalized(norm)
+            if analysis.parsed:
+                self._parses += 1
+                self._parse_ns += analysis.parse_ns
+            if not analysis.parse_ok:
+                self._parse_failures += 1
+            base = build(norm, analysis)
+            if len(key) <= self._max_shape_chars and self._shape_capacity:
+                shape[key] = base
+                if len(shape) > self._shape_capacity:
+                    shape.popitem(last=False)
+
+        result = with_tags(base, norm.comments)
+        # A traceparent is new on every execution: caching such texts would only evict.
+        if (
+            len(sql) <= self._max_exact_chars
+            and self._exact_capacity
+            and "traceparent" not in result.tags
+        ):
+            exact[sql] = result
+            if len(exact) > self._exact_capacity:
+                exact.popitem(last=False)
+        return result
+
+    def fingerprint_many(self, sql: str) -> list[Fingerprint]:
+        """Fingerprint every statement of a simple-Query string, split as PostgreSQL does."""
+        if ";" not in sql:
+            fp = self.fingerprint(sql)
+            return [] if fp.operation == "EMPTY" else [fp]
+        from dbproxy.sql.splitter import split_statements
+
+        try:
+            statements = split_statements(sql)
+        except Exception:  # defensive: the splitter must not take the proxy down
+            statements = [sql]
+        return [self.fingerprint(statement) for statement in statements]
+
+    @property
+    def stats(self) -> FingerprinterStats:
+        return FingerprinterStats(
+            exact_hits=self._exact_hits,
+            exact_misses=self._exact_misses,
+            shape_hits=self._shape_hits,
+            shape_misses=self._shape_misses,
+            parses=self._parses,
+            parse_failures=self._parse_failures,
+            parse_ns=self._parse_ns,
+            normalize_ns=self._normalize_ns,
+            exact_size=len(self._exact),
+            shape_size=len(self._shape),
+            exact_capacity=self._exact_capacity,
+            shape_capacity=self._shape_capacity,
+        )
+
+    def clear(self) -> None:
+        """Drop both caches (counters are kept)."""
+        self._exact.clear()
+        self._shape.clear()
