@@ -97,6 +97,7 @@ _TABLE_INTRO: Final = frozenset(("FROM", "JOIN", "INTO", "UPDATE", "TABLE", "USI
 _NOT_ALIASES: Final = _TABLE_INTRO | frozenset(
     ("JOIN", "LEFT", "RIGHT", "FULL", "CROSS", "NATURAL", "TABLESAMPLE", "WINDOW")
 )
+_LOCK_PREFIX: Final = frozenset(("FOR", "KEY", "NO", "DO"))
 _LOCKS: Final = frozenset(("UPDATE", "SHARE", "NO", "KEY"))
 _NAME_SKIP: Final = frozenset(("ONLY", "LATERAL", "IF", "NOT", "EXISTS", "CONCURRENTLY"))
 _NOT_NAMES: Final = frozenset(
@@ -271,6 +272,8 @@ def _walk(root: exp.Expr) -> Iterator[exp.Expr]:
             stack.append((with_, False))
             continue
         yield node
+        if isinstance(node, exp.Lock):
+            continue  # FOR UPDATE OF t names a table already in FROM
         children: list[exp.Expr] = []
         for key, value in node.args.items():
             if key == "with_":
@@ -363,7 +366,7 @@ def _tables_from_tokens(words: Sequence[str], intro: frozenset[str]) -> list[str
     j = 0
     while j < n:
         word = words[j]
-        if word in intro:
+        if word in intro and not (word == "UPDATE" and j > 0 and words[j - 1] in _LOCK_PREFIX):
             k = j + 1
             while True:
                 name, k = _read_name(words, k)

@@ -284,7 +284,19 @@ def normalize_tokens(tokens: list[Token], comments: Sequence[str] = ()) -> Norma
             up = text.upper() if text.isascii() else ""
             if up in ("NULL", "TRUE", "FALSE"):
                 prev = out_t[-1] if out_t else ""
-                if prev not in ("IS", "NOT", "SET"):
+                # IS [NOT] NULL, NOT NULL, SET NULL, … ON NULL, NULL ON NULL are syntax
+                keep = prev in ("IS", "NOT", "SET") or (
+                    up == "NULL"
+                    and (
+                        prev == "ON"
+                        or (
+                            i + 2 < n
+                            and _upper(tokens[i + 1]) == "ON"
+                            and _upper(tokens[i + 2]) == "NULL"
+                        )
+                    )
+                )
+                if not keep:
                     i = emit_const(i + 1)
                     continue
             elif up == "CAST" and i + 3 < n and tokens[i + 1] == (PUNCT, "("):
@@ -496,6 +508,9 @@ def _rewrite_utility(out_t: list[str], out_k: list[int]) -> None:
     elif first in ("FETCH", "MOVE", "CLOSE") and size >= 2:
         if out_k[-1] == _IDENT:
             _replace(out_t, out_k, size - 1)
+    elif first in ("TRUNCATE", "LOCK") and second == "TABLE":
+        del out_t[1]
+        del out_k[1]
     elif first == "SET":
         _rewrite_set(out_t, out_k)
 
@@ -504,8 +519,8 @@ def _rewrite_set(out_t: list[str], out_k: list[int]) -> None:
     j = 1
     size = len(out_t)
     if j < size and out_t[j] == "SESSION":
-        if j + 1 < size and out_t[j + 1] in ("CHARACTERISTICS", "AUTHORIZATION"):
-            if out_t[j + 1] == "AUTHORIZATION" and j + 2 < size:
+        if j + 1 < size and out_t[j + 1].upper() in ("CHARACTERISTICS", "AUTHORIZATION"):
+            if out_t[j + 1].upper() == "AUTHORIZATION" and j + 2 < size:
                 _set_value(out_t, out_k, j + 2)
             return
         del out_t[j]  # SET SESSION x ≡ SET x
@@ -515,7 +530,7 @@ def _rewrite_set(out_t: list[str], out_k: list[int]) -> None:
         j += 1
     if j >= size:
         return
-    name = out_t[j]
+    name = out_t[j].upper()
     if name in ("TRANSACTION", "CONSTRAINTS"):
         return
     if name == "TIME" and j + 1 < size and out_t[j + 1] == "ZONE":
