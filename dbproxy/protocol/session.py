@@ -97,6 +97,7 @@ class _Run:
 
     __slots__ = (
         "active_ns",
+        "application_name",
         "command",
         "end_ns",
         "error",
@@ -138,6 +139,7 @@ class _Run:
         self.phase = ""
         self.rolled_back = False
         self.in_transaction = False
+        self.application_name = ""
 
 
 class _Query:
@@ -306,6 +308,9 @@ class Session:
                 portal_name=portal_name,
                 param_type_oids=prepared.param_type_oids if prepared else (),
             )
+            replaced = self._portals.get(portal_name)
+            if replaced is not None and self._suspended:
+                self._finish_suspended(replaced)
             self._portals[portal_name] = run
             self._start_group(now)
             self._pending.append(_Pending(_BIND, run, now))
@@ -321,6 +326,9 @@ class Session:
             self._start_group(now)
             self._pending.append(_Pending(_DESCRIBE, None, now))
         elif msg_type == codes.QUERY:
+            unnamed = self._portals.get("")
+            if unnamed is not None and self._suspended:
+                self._finish_suspended(unnamed)  # a simple Query drops the unnamed portal
             query = _Query(messages.decode_query(body, enc))
             self._pending.append(_Pending(_QUERY, query, now))
             if self._track_starts:
@@ -473,7 +481,7 @@ class Session:
         elif msg_type == codes.CLOSE_COMPLETE:
             head = self._pop(_CLOSE)
             if head is not None and isinstance(head.payload, _Run):
-                self._finish_suspended(head.payload, now)
+                self._finish_suspended(head.payload)
         elif msg_type == codes.FUNCTION_CALL_RESPONSE:
             head = pending[0] if pending else None
             if head is not None and head.kind == _FUNCTION:
@@ -524,7 +532,9 @@ class Session:
         start = max(sent_ns, self._last_end_ns)
         if not run.start_ns:
             run.start_ns = start
+            run.in_transaction = self._explicit
         run.active_ns += now - start
+        run.end_ns = now
 
     def _finish(self, run: _Run, command: str, count: int | None, now: int) -> None:
         if run.protocol == "extended":
@@ -534,6 +544,7 @@ class Session:
             run.rows = count
         run.command = command
         run.end_ns = now
+        run.application_name = self.application_name
         self._last_end_ns = now
         self._query_run = None
         is_begin = command in _BEGIN_COMMANDS
@@ -565,6 +576,7 @@ class Session:
         run.error = error
         run.phase = phase
         run.end_ns = now
+        run.application_name = self.application_name
         run.in_transaction = self._explicit
         self._last_end_ns = now
         self._query_run = None
@@ -631,11 +643,19 @@ class Session:
                     run.rolled_back = True
         self._implicit.clear()
 
-    def _finish_suspended(self, run: _Run, now: int) -> None:
-        if run in self._suspended:
-            self._suspended.remove(run)
-            self._finish(run, "SELECT", None, now)
-            run.end_ns = max(run.end_ns, run.start_ns)
+    def _finish_suspended(self, run: _Run) -> None:
+        """A portal left suspended is gone (closed, replaced, or its transaction ended):
+        report it with the rows fetched so far, as of its last Execute."""
+        if run not in self._suspended:
+            return
+        self._suspended.remove(run)
+        run.command = "SELECT"
+        run.application_name = self.application_name
+        if run.in_transaction:
+            self._tx_statements += 1
+        else:
+            self._implicit.append(run)
+        self._batch.append(run)
 
     def _on_ready(self, status: int, now: int) -> None:
         pending = self._pending
@@ -656,7 +676,7 @@ class Session:
                     run.active_ns += commit_ns
         if status == codes.TX_IDLE and not pending:
             for run in list(self._suspended):
-                self._finish_suspended(run, now)
+                self._finish_suspended(run)
             self._portals.clear()
         self._implicit.clear()
         self._flush_batch()
@@ -697,7 +717,7 @@ class Session:
                 "session_id": self.session_id,
                 "user": self.user,
                 "database": self.database,
-                "application_name": self.application_name,
+                "application_name": run.application_name,
                 "protocol": run.protocol,
                 "text": run.text,
                 "statement_name": run.statement_name,
