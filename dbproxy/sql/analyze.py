@@ -8,7 +8,7 @@ function of the normalized text, so the fingerprinter may cache it by that text.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -184,46 +184,75 @@ def _analyze_dml(text: str, words: Sequence[str], max_depth: int) -> Analysis:
     )
 
 
-def _parse(text: str) -> tuple[str, QueryKind, tuple[str, ...], str] | None:
-    from sqlglot import exp
+_OPS: Final[dict[type[exp.Expr], str]] = {
+    exp.Select: "SELECT",
+    exp.Insert: "INSERT",
+    exp.Update: "UPDATE",
+    exp.Delete: "DELETE",
+    exp.Merge: "MERGE",
+    exp.Copy: "COPY",
+}
+_WRITE_NODES: Final = frozenset((exp.Insert, exp.Update, exp.Delete, exp.Merge))
 
+
+def _parse(text: str) -> tuple[str, QueryKind, tuple[str, ...], str] | None:
     statements = [s for s in _dialect().parse(text) if s is not None]
     if len(statements) != 1:
         return None
     root = statements[0]
-    operation = "SELECT" if isinstance(root, exp.SetOperation) else _operation_of(root)
-    if operation is None:
-        return None
+    if isinstance(root, (exp.SetOperation, exp.Values)):
+        operation = "SELECT"
+    else:
+        found = _OPS.get(type(root))
+        if found is None:
+            return None
+        operation = found
+
+    # Depth-first in text order: a statement's WITH comes first (sqlglot keeps it last);
+    # FOR UPDATE OF t only repeats a table of the FROM list.
+    with_ = root.args.get("with_")
+    nodes: list[exp.Expr] = list(with_.dfs()) if with_ is not None else []
+    nodes.extend(root.dfs(prune=lambda n: n is with_ or type(n) is exp.Lock))
 
     cte_names: set[str] = set()
-    for cte in root.find_all(exp.CTE):
-        cte_names.add(cte.alias_or_name)
     write = False
-    tables: list[str] = []
-    parts: list[str] = []
-    for node in _walk(root):
-        if isinstance(node, exp.Table):
-            name = _table_name(node, cte_names)
-            if name is not None:
-                if name not in tables:
-                    tables.append(name)
-                if not parts or parts[-1] != name:
-                    parts.append(name)
+    parts: list[exp.Expr | str] = []
+    for node in nodes:
+        node_type = type(node)
+        if node_type is exp.Table:
+            parts.append(node)
             continue
-        op = _operation_of(node)
-        in_when = isinstance(node.parent, exp.When)
-        if op is not None and not in_when and (not parts or parts[-1] != op):
+        if node_type is exp.CTE:
+            cte_names.add(node.alias_or_name)
+            continue
+        op = _OPS.get(node_type)
+        if op is None:
+            continue
+        if not isinstance(node.parent, exp.When):  # MERGE … WHEN MATCHED THEN UPDATE
             parts.append(op)
-        if isinstance(node, (exp.Insert, exp.Update, exp.Delete, exp.Merge)) or (
-            isinstance(node, exp.Select) and node.args.get("locks")
-        ):
+        if node_type in _WRITE_NODES or (node_type is exp.Select and node.args.get("locks")):
             write = True
-    if isinstance(root, exp.Select) and root.args.get("into") is not None:
+    if type(root) is exp.Select and root.args.get("into") is not None:
         write = True
-    if isinstance(root, exp.Copy):
+    if type(root) is exp.Copy:
         write = bool(root.args.get("kind"))  # True: COPY … FROM
+
+    tables: list[str] = []
+    summary: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            word = part
+        else:
+            name = _table_name(part, cte_names)
+            if name is None:
+                continue
+            if name not in tables:
+                tables.append(name)
+            word = name
+        if not summary or summary[-1] != word:
+            summary.append(word)
     kind = QueryKind.WRITE if write else QueryKind.READ
-    return operation, kind, tuple(tables), _clip(" ".join(parts))
+    return operation, kind, tuple(tables), _clip(" ".join(summary) or operation)
 
 
 _DIALECT_CACHE: list[Dialect] = []
@@ -235,54 +264,6 @@ def _dialect() -> Dialect:
     if not _DIALECT_CACHE:
         _DIALECT_CACHE.append(Dialect.get_or_raise("postgres"))
     return _DIALECT_CACHE[0]
-
-
-def _operation_of(node: exp.Expr) -> str | None:
-    from sqlglot import exp
-
-    if isinstance(node, (exp.Select, exp.SetOperation)):
-        return "SELECT" if isinstance(node, exp.Select) else None
-    if isinstance(node, exp.Insert):
-        return "INSERT"
-    if isinstance(node, exp.Update):
-        return "UPDATE"
-    if isinstance(node, exp.Delete):
-        return "DELETE"
-    if isinstance(node, exp.Merge):
-        return "MERGE"
-    if isinstance(node, exp.Copy):
-        return "COPY"
-    if isinstance(node, exp.Values) and node.parent is None:
-        return "SELECT"
-    return None
-
-
-def _walk(root: exp.Expr) -> Iterator[exp.Expr]:
-    """Depth-first in text order (a statement's WITH before the statement), no recursion."""
-    from sqlglot import exp
-
-    stack: list[tuple[exp.Expr, bool]] = [(root, False)]
-    while stack:
-        node, with_done = stack.pop()
-        if not isinstance(node, exp.Expr):
-            continue
-        with_ = node.args.get("with_")
-        if with_ is not None and not with_done:
-            stack.append((node, True))
-            stack.append((with_, False))
-            continue
-        yield node
-        if isinstance(node, exp.Lock):
-            continue  # FOR UPDATE OF t names a table already in FROM
-        children: list[exp.Expr] = []
-        for key, value in node.args.items():
-            if key == "with_":
-                continue
-            if isinstance(value, exp.Expr):
-                children.append(value)
-            elif isinstance(value, list):
-                children.extend(v for v in value if isinstance(v, exp.Expr))
-        stack.extend((child, False) for child in reversed(children))
 
 
 def _ident_sql(ident: object) -> str:

@@ -30,58 +30,56 @@ __all__ = [
     "tokenize",
 ]
 
-# Token kinds.  Small ints keep tokens as plain tuples: the lexer is on the hot path.
-WORD: Final = 1  # unquoted identifier or keyword (text as written)
-QIDENT: Final = 2  # "quoted identifier" (text with quotes)
+# Token kinds.  Small ints keep tokens as plain tuples: the lexer is on the hot path.  The
+# values are the regex group numbers below, so a match's ``lastindex`` is its kind.
+COMMENT: Final = 1  # -- … (line comment; block comments are collected, never tokens)
+_BLOCK: Final = 2  # /* opener, handled by hand (comments nest)
 STRING: Final = 3  # any string constant: '', E'', B'', X'', U&'', N'', $$…$$
-NUMBER: Final = 4
+QIDENT: Final = 4  # "quoted identifier" (text with quotes)
 PARAM: Final = 5  # $1
-OP: Final = 6  # operator run: = <> ->> @> ?| …
-PUNCT: Final = 7  # ( ) [ ] , ; . :: :
-COMMENT: Final = 8  # -- … or /* … */ (text with delimiters)
+_DOLLAR: Final = 6  # $tag$ opener, handled by hand
+NUMBER: Final = 7
+WORD: Final = 8  # unquoted identifier or keyword (text as written)
+PUNCT: Final = 9  # ( ) [ ] , ; . :: :
+OP: Final = 10  # operator run: = <> ->> @> ?| …
+_OTHER: Final = 11  # any other character (reported as OP)
 IDENT: Final = WORD  # alias kept for readers
 
 Token = tuple[int, str]
 
-_OP_CHARS = "+\\-*/<>=~!@#%^&|`?"
 _OP_SPECIAL = frozenset("~!@#%^&|`?")
+_IDENT_START = r"A-Za-z_\u0080-\U0010ffff"
+_IDENT_CONT = r"A-Za-z0-9_$\u0080-\U0010ffff"
+_TAG_CONT = r"A-Za-z0-9_\u0080-\U0010ffff"
 
+# Alternatives are ordered by how often they occur (words first); each group's number is
+# its token kind, so the order of the groups is fixed: lookaheads keep string prefixes
+# (E'', B'', X'', N'', U&'') out of WORD and comment openers out of OP.
 _MASTER = re.compile(
-    r"""
-      (?P<ws>\s+)
-    | (?P<lc>--[^\n\r]*)
-    | (?P<bc>/\*)
-    | (?P<estr>[eE]'(?:[^'\\]|\\[\s\S]|'')*(?:'|\Z))
-    | (?P<pstr>(?:[bBxXnN]|[uU]&)'(?:[^']|'')*(?:'|\Z))
-    | (?P<str>'(?:[^']|'')*(?:'|\Z))
-    | (?P<uqid>[uU]&"(?:[^"]|"")*(?:"|\Z))
-    | (?P<qid>"(?:[^"]|"")*(?:"|\Z))
-    | (?P<param>\$\d+)
-    | (?P<dq>\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$)
-    | (?P<num>0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+
-        |(?:\d[\d_]*(?:\.(?!\.)[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)
-    | (?P<word>[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*)
-    | (?P<cast>::)
-    | (?P<op>[+\-*/<>=~!@\#%^&|`?]+)
-    | (?P<punct>[()\[\],;.:])
-    | (?P<other>[\s\S])
-    """,
+    rf"""\s*(?:
+      (?=--)(--[^\n\r]*)
+    | (?=/\*)(/\*)
+    | (?=[eEbBxXnNuU'])([eE]'(?:[^'\\]|\\[\s\S]|'')*(?:'|\Z)
+      |(?:[bBxXnN]|[uU]&)'(?:[^']|'')*(?:'|\Z)
+      |'(?:[^']|'')*(?:'|\Z))
+    | (?=[uU"])((?:[uU]&)?"(?:[^"]|"")*(?:"|\Z))
+    | (?=\$)(\$\d+)
+    | (?=\$)(\$(?:[{_IDENT_START}][{_TAG_CONT}]*)?\$)
+    | (?=[0-9.])(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+
+      |(?:\d[\d_]*(?:\.(?!\.)[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)
+    | ([{_IDENT_START}][{_IDENT_CONT}]*)
+    | (::|[()\[\],;.:])
+    | ([+\-*/<>=~!@\#%^&|`?]+)
+    | (\S)
+    )""",
     re.VERBOSE | re.ASCII,
 )
 
-_KIND_BY_GROUP: Final[dict[str, int]] = {
-    "estr": STRING,
-    "pstr": STRING,
-    "str": STRING,
-    "uqid": QIDENT,
-    "qid": QIDENT,
-    "param": PARAM,
-    "num": NUMBER,
-    "word": WORD,
-    "cast": PUNCT,
-    "punct": PUNCT,
-    "other": OP,
-}
+# Inputs without these need no hand-written lexing: block comments, dollar quotes, and
+# operator runs the trailing-sign rule could cut (``=-1``).
+_NEEDS_SLOW_PATH = re.compile(
+    rf"/\*|\$(?:[{_IDENT_START}][{_TAG_CONT}]*)?\$|[*/<>=~!@#%^&|`?+][+-]|-\+",
+)
 
 
 def _trim_operator(text: str) -> str:
@@ -120,45 +118,56 @@ def _block_comment_end(sql: str, start: int) -> int:
 def tokenize(sql: str, comments: list[str] | None = None) -> list[Token]:
     """Split ``sql`` into tokens.  Whitespace is dropped; comments are dropped too, or
     appended to ``comments`` when given.  Never raises."""
+    if _NEEDS_SLOW_PATH.search(sql) is None:
+        tokens = [(m.lastindex or 0, m.group(m.lastindex or 0)) for m in _MASTER.finditer(sql)]
+        if "--" in sql:
+            if comments is not None:
+                comments.extend(text for kind, text in tokens if kind == COMMENT)
+            tokens = [tok for tok in tokens if tok[0] != COMMENT]
+        if _OTHER in (kind for kind, _ in tokens):
+            tokens = [(OP, text) if kind == _OTHER else (kind, text) for kind, text in tokens]
+        return tokens
+    return _tokenize_slow(sql, comments)
+
+
+def _tokenize_slow(sql: str, comments: list[str] | None) -> list[Token]:
     tokens: list[Token] = []
     append = tokens.append
-    kinds = _KIND_BY_GROUP
     pos = 0
     n = len(sql)
     while pos < n:
         restart = -1
         for m in _MASTER.finditer(sql, pos):
-            group = m.lastgroup
-            if group == "ws":
-                continue
-            if group in ("word", "punct", "cast"):
-                append((kinds[group], m.group()))
-            elif group == "op":
-                text = m.group()
+            kind = m.lastindex or 0
+            text = m.group(kind)
+            if kind == OP:
                 trimmed = _trim_operator(text) if len(text) > 1 else text
                 if len(trimmed) != len(text):
                     append((OP, trimmed))
-                    restart = m.start() + len(trimmed)
+                    restart = m.start(kind) + len(trimmed)
                     break
                 append((OP, text))
-            elif group == "lc":
+            elif kind == COMMENT:
                 if comments is not None:
-                    comments.append(m.group())
-            elif group == "bc":
-                end = _block_comment_end(sql, m.start())
+                    comments.append(text)
+            elif kind == _BLOCK:
+                start = m.start(kind)
+                end = _block_comment_end(sql, start)
                 if comments is not None:
-                    comments.append(sql[m.start() : end])
+                    comments.append(sql[start:end])
                 restart = end
                 break
-            elif group == "dq":
-                tag = m.group()
-                close = sql.find(tag, m.end())
-                end = n if close < 0 else close + len(tag)
-                append((STRING, sql[m.start() : end]))
+            elif kind == _DOLLAR:
+                start = m.start(kind)
+                close = sql.find(text, m.end())
+                end = n if close < 0 else close + len(text)
+                append((STRING, sql[start:end]))
                 restart = end
                 break
+            elif kind == _OTHER:
+                append((OP, text))
             else:
-                append((kinds[group], m.group()))  # type: ignore[index]
+                append((kind, text))
         if restart < 0:
             break
         pos = restart

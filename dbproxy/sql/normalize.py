@@ -31,6 +31,7 @@ constants, so they never reach the text.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -107,6 +108,7 @@ class Normalized:
     params: int
 
 
+@functools.lru_cache(maxsize=8192)  # pure; words repeat across statements
 def _word(text: str) -> tuple[int, str]:
     low = text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
     up = low.upper() if low.isascii() else ""
