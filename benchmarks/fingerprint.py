@@ -18,6 +18,7 @@ pure-Python sqlglot, run this module from a venv that has ``sqlglot`` without ``
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import statistics
 import sys
@@ -105,7 +106,7 @@ def run(per_template: int, workload_size: int) -> dict[str, object]:
             table[bucket][f"{phase}_p99_us"] = round(_percentile(row[phase], 0.99), 2)
     return {
         "python": sys.version.split()[0],
-        "sqlglot": sqlglot.__version__,
+        "sqlglot": importlib.metadata.version("sqlglot"),
         "sqlglot_compiled": sqlglot_compiled(),
         "statements": len(corpus),
         "classes": table,
