@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from dbproxy.sql.fingerprint import (
     Fingerprint,
@@ -33,12 +33,20 @@ from dbproxy.sql.fingerprint import (
     with_tags,
 )
 
-__all__ = ["Fingerprinter", "FingerprinterStats"]
+__all__ = ["Fingerprinter", "FingerprinterStats", "SupportsFingerprint"]
 
 # Texts longer than these are fingerprinted but not cached, which bounds the caches' memory
 # (entries x length) and keeps one-off giant statements from evicting the hot set.
 DEFAULT_MAX_EXACT_CHARS: Final = 8_192
 DEFAULT_MAX_SHAPE_CHARS: Final = 8_192
+
+
+class SupportsFingerprint(Protocol):
+    """The seam the aggregator depends on (tests may pass a fake)."""
+
+    def fingerprint(self, sql: str) -> Fingerprint: ...
+
+    def fingerprint_many(self, sql: str) -> list[Fingerprint]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

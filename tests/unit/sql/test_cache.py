@@ -93,3 +93,10 @@ def test_threads_get_identical_results() -> None:
     for t in threads:
         t.join()
     assert all(r == expected for r in results.values())
+
+
+def test_fingerprinter_satisfies_the_protocol() -> None:
+    from dbproxy.sql.cache import SupportsFingerprint
+
+    seam: SupportsFingerprint = Fingerprinter()
+    assert seam.fingerprint("SELECT 1").operation == "SELECT"
