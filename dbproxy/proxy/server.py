@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 
 from dbproxy.config import Address, ProxyConfig
 from dbproxy.errors import ConfigError
@@ -63,7 +64,8 @@ class ProxyServer:
                 self._new_connection, listen.host, listen.port, reuse_address=True, backlog=1024
             )
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ConfigError(f"cannot listen on {listen}: {reason}") from None
         log.info("dbproxy listening on %s, forwarding to %s", self.address, self.config.upstream)
 
     async def shutdown(self, grace_s: float | None = None) -> None:

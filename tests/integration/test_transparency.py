@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from dbproxy.pgcluster import PgServer
-from dbproxy.protocol.events import SessionClosed, SessionRejected, StatementFailed
+from dbproxy.protocol.events import SessionRejected
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 from tests.fixtures.tap import Tap
 
@@ -107,21 +107,3 @@ def test_sslmode_prefer_falls_back_to_plaintext(proxy: RunningProxy) -> None:
 def test_sslmode_require_is_refused_until_tls_lands(proxy: RunningProxy) -> None:
     with pytest.raises(psycopg.OperationalError, match=r"(?i)ssl"):
         psycopg.connect(proxy.dsn(), sslmode="require")
-
-
-def test_cancel_request_is_forwarded(proxy: RunningProxy) -> None:
-    import threading
-
-    with psycopg.connect(proxy.dsn(), sslmode="disable") as conn:
-        timer = threading.Timer(0.5, conn.cancel)
-        timer.start()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("select pg_sleep(20)")
-        timer.join()
-        assert conn.execute("select 2").fetchone() == (2,)
-    events = proxy.wait_closed()
-    failed = [e for e in events if isinstance(e, StatementFailed)]
-    assert [e.error.sqlstate for e in failed] == ["57014"]
-    assert proxy.server.stats.cancel_requests == 1
-    # the cancel connection itself is not a session
-    assert sum(isinstance(e, SessionClosed) for e in events) == 1
