@@ -79,8 +79,9 @@ def test_fingerprint_is_hashable_and_immutable() -> None:
 
 
 def test_threads_get_identical_results() -> None:
-    statements = [f"SELECT a{i % 7} FROM t WHERE b IN ({', '.join(['1'] * (i % 5 + 1))})"
-                  for i in range(300)]
+    statements = [
+        f"SELECT a{i % 7} FROM t WHERE b IN ({', '.join(['1'] * (i % 5 + 1))})" for i in range(300)
+    ]
     expected = [fingerprint(s) for s in statements]
     results: dict[int, list[Fingerprint]] = {}
 

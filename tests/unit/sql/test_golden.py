@@ -62,8 +62,10 @@ def test_group(group: Group) -> None:
     if "parse_ok" in expect:
         assert anchor.parse_ok is (expect["parse_ok"] == "true")
     if "tags" in expect:
-        want = {} if expect["tags"] == "-" else dict(
-            pair.split("=", 1) for pair in expect["tags"].split(";")
+        want = (
+            {}
+            if expect["tags"] == "-"
+            else dict(pair.split("=", 1) for pair in expect["tags"].split(";"))
         )
         assert dict(anchor.tags) == want
 

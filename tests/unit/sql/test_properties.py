@@ -23,9 +23,7 @@ TEMPLATES = [
 
 _text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
 _string_literal = _text.map(lambda s: "'" + s.replace("'", "''") + "'")
-_escape_literal = _text.map(
-    lambda s: "E'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-)
+_escape_literal = _text.map(lambda s: "E'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'")
 _dollar_literal = _text.filter(lambda s: "$q$" not in s).map(lambda s: f"$q${s}$q$")
 _number = st.one_of(
     st.integers(min_value=0, max_value=10**30).map(str),
@@ -67,9 +65,45 @@ def test_never_raises_on_arbitrary_text(sql: str) -> None:
 
 _SQLISH = st.lists(
     st.sampled_from(
-        ["SELECT", "FROM", "WHERE", "(", ")", "[", "]", ",", ";", "'", '"', "$$", "$1",
-         "/*", "*/", "--", "\n", "::", "IN", "VALUES", "ARRAY", "ORDER", "BY", "1", "-",
-         "t", "x", "=", "E'", "\\", "CAST", "AS", "int", "NULL", "SET", "INTERVAL", "?|"]
+        [
+            "SELECT",
+            "FROM",
+            "WHERE",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            ";",
+            "'",
+            '"',
+            "$$",
+            "$1",
+            "/*",
+            "*/",
+            "--",
+            "\n",
+            "::",
+            "IN",
+            "VALUES",
+            "ARRAY",
+            "ORDER",
+            "BY",
+            "1",
+            "-",
+            "t",
+            "x",
+            "=",
+            "E'",
+            "\\",
+            "CAST",
+            "AS",
+            "int",
+            "NULL",
+            "SET",
+            "INTERVAL",
+            "?|",
+        ]
     ),
     max_size=60,
 ).map(" ".join)

@@ -1,0 +1,55 @@
+"""Configuration precedence and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbproxy.config import Address, ProxyConfig, load_config, parse_address
+from dbproxy.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:6432", Address("127.0.0.1", 6432)),
+        ("db.internal:5432", Address("db.internal", 5432)),
+        ("[::1]:5433", Address("::1", 5433)),
+        (":7000", Address("127.0.0.1", 7000)),
+        ("7000", Address("127.0.0.1", 7000)),
+    ],
+)
+def test_parse_address(text: str, expected: Address) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host", "host:", "host:0", "host:65536", "::1:5432", "[::1"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
+
+
+def test_defaults() -> None:
+    config = load_config({}, {})
+    assert config == ProxyConfig()
+    assert str(config.listen) == "127.0.0.1:6432" and str(config.upstream) == "127.0.0.1:5432"
+
+
+def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[proxy]\nlisten = "1.1.1.1:1"\nupstream = "2.2.2.2:2"\nshutdown_timeout = 3\n')
+    env = {"DBPROXY_CONFIG": str(path), "DBPROXY_UPSTREAM": "3.3.3.3:3"}
+    config = load_config({"listen": "4.4.4.4:4", "upstream": None}, env)
+    assert str(config.listen) == "4.4.4.4:4"
+    assert str(config.upstream) == "3.3.3.3:3"
+    assert config.shutdown_timeout == 3.0
+
+
+def test_errors_name_the_origin(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DBPROXY_SINK_CAPACITY"):
+        load_config({}, {"DBPROXY_SINK_CAPACITY": "0"})
+    path = tmp_path / "c.toml"
+    path.write_text('log_level = "loud"\n')
+    with pytest.raises(ConfigError, match=r"c.toml: log_level"):
+        load_config({}, {}, str(path))
