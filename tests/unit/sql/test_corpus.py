@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Iterable
 
-import pytest
+import pglast.parser as pglast_parser
 
 from benchmarks.corpus import build_corpus
 from dbproxy.sql.fingerprint import fingerprint
-
-pglast_parser = pytest.importorskip("pglast.parser")
 
 CORPUS = build_corpus()
 
