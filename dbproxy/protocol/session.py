@@ -82,6 +82,12 @@ _END_COMMANDS: Final = frozenset(
     {"COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED"}
 )
 _FORGET_PREPARED: Final = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+_PARSE_CACHE_SIZE: Final = 256  # distinct Parse messages remembered per session
+_UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
+
+
+#: CommandComplete bodies seen → (command, count); a pure function, so shared safely.
+_TAGS: dict[bytes, tuple[str, int | None]] = {}
 
 
 class _Prepared:
@@ -206,6 +212,7 @@ class Session:
 
         # protocol state mirrored from the server
         self._prepared: dict[str, _Prepared] = {}
+        self._parse_cache: dict[bytes, tuple[messages.ParseMessage, _Prepared]] = {}
         self._portals: dict[str, _Run] = {}
         self._pending: deque[_Pending] = deque()
         self._group_start_ns = 0
@@ -285,7 +292,7 @@ class Session:
     def _on_client(self, msg_type: int, body: bytes, now: int) -> None:
         enc = self._encoding
         if msg_type == codes.EXECUTE:
-            portal_name, _max_rows = messages.decode_execute(body, enc)
+            portal_name = "" if body[:1] == b"\x00" else messages.decode_execute(body, enc)[0]
             run = self._portals.get(portal_name)
             if run is None:
                 run = _Run("extended", "", portal_name=portal_name)
@@ -299,7 +306,10 @@ class Session:
                     )
                 )
         elif msg_type == codes.BIND:
-            portal_name, statement_name = messages.decode_bind(body, enc)
+            if body.startswith(_UNNAMED_BIND):
+                portal_name = statement_name = ""
+            else:
+                portal_name, statement_name = messages.decode_bind(body, enc)
             prepared = self._prepared.get(statement_name)
             run = _Run(
                 "extended",
@@ -318,8 +328,16 @@ class Session:
             self._group_start_ns = 0
             self._pending.append(_Pending(_SYNC, None, now))
         elif msg_type == codes.PARSE:
-            parse = messages.decode_parse(body, enc)
-            self._prepared[parse.name] = _Prepared(parse.query, parse.param_type_oids)
+            # Drivers send the same Parse over and over (unnamed statements): decode once.
+            cached = self._parse_cache.get(body)
+            if cached is None:
+                parse = messages.decode_parse(body, enc)
+                cached = (parse, _Prepared(parse.query, parse.param_type_oids))
+                if len(self._parse_cache) >= _PARSE_CACHE_SIZE:
+                    self._parse_cache.clear()
+                self._parse_cache[body] = cached
+            parse, prepared = cached
+            self._prepared[parse.name] = prepared
             self._start_group(now)
             self._pending.append(_Pending(_PARSE, parse, now))
         elif msg_type == codes.DESCRIBE:
@@ -423,7 +441,12 @@ class Session:
     def _on_server(self, msg_type: int, body: bytes, now: int) -> None:
         pending = self._pending
         if msg_type == codes.COMMAND_COMPLETE:
-            command, count = messages.decode_command_complete(body)
+            tag = _TAGS.get(body)
+            if tag is None:
+                tag = messages.decode_command_complete(body)
+                if len(_TAGS) < 4096:
+                    _TAGS[body] = tag
+            command, count = tag
             head = pending[0] if pending else None
             if head is None:
                 self._desync()
@@ -712,27 +735,49 @@ class Session:
         batch = self._batch
         self._batch = []
         offset = self._epoch_offset_ns
+        sid, user, database = self.session_id, self.user, self.database
         for run in batch:
-            common = {
-                "session_id": self.session_id,
-                "user": self.user,
-                "database": self.database,
-                "application_name": run.application_name,
-                "protocol": run.protocol,
-                "text": run.text,
-                "statement_name": run.statement_name,
-                "portal_name": run.portal_name,
-                "param_type_oids": run.param_type_oids,
-                "function_oid": run.function_oid,
-                "start_ns": run.start_ns,
-                "end_ns": run.end_ns,
-                "duration_ns": run.active_ns,
-                "start_epoch_ns": run.start_ns + offset,
-                "rows": run.rows,
-                "rolled_back": run.rolled_back,
-                "in_transaction": run.in_transaction,
-            }
             if run.error is None:
-                self._emit(StatementFinished(command=run.command, **common))  # type: ignore[arg-type]
+                event: Event = StatementFinished(
+                    session_id=sid,
+                    user=user,
+                    database=database,
+                    application_name=run.application_name,
+                    protocol=run.protocol,
+                    text=run.text,
+                    statement_name=run.statement_name,
+                    portal_name=run.portal_name,
+                    param_type_oids=run.param_type_oids,
+                    function_oid=run.function_oid,
+                    start_ns=run.start_ns,
+                    end_ns=run.end_ns,
+                    duration_ns=run.active_ns,
+                    start_epoch_ns=run.start_ns + offset,
+                    rows=run.rows,
+                    rolled_back=run.rolled_back,
+                    in_transaction=run.in_transaction,
+                    command=run.command,
+                )
             else:
-                self._emit(StatementFailed(error=run.error, phase=run.phase, **common))  # type: ignore[arg-type]
+                event = StatementFailed(
+                    session_id=sid,
+                    user=user,
+                    database=database,
+                    application_name=run.application_name,
+                    protocol=run.protocol,
+                    text=run.text,
+                    statement_name=run.statement_name,
+                    portal_name=run.portal_name,
+                    param_type_oids=run.param_type_oids,
+                    function_oid=run.function_oid,
+                    start_ns=run.start_ns,
+                    end_ns=run.end_ns,
+                    duration_ns=run.active_ns,
+                    start_epoch_ns=run.start_ns + offset,
+                    rows=run.rows,
+                    rolled_back=run.rolled_back,
+                    in_transaction=run.in_transaction,
+                    error=run.error,
+                    phase=run.phase,
+                )
+            self._emit(event)
