@@ -117,7 +117,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             transport.close()
             return
-        self._upstream_transport = cast(asyncio.Transport, transport)
+        self._upstream_transport = transport
         self.upstream = protocol
         held, self._held = self._held, []
         for chunk in held:
