@@ -61,6 +61,16 @@ class ProxyConfig:
     #: bytes of statement text kept per Query/Parse (longer statements are cut)
     max_statement_bytes: int = 1 << 20
     log_level: str = "info"
+    #: the one HTTP server: /metrics, /api/…, /healthz, /readyz
+    http_listen: Address = field(default_factory=lambda: Address("127.0.0.1", 9391))
+    #: fingerprints exported as metric series; the rest fold into fingerprint="__other__"
+    metrics_max_fingerprints: int = 500
+    #: fingerprints the aggregator and API keep; the rest fold into "__other__"
+    max_fingerprints: int = 10_000
+    #: attribution tags (application, route, …) exported as metric labels
+    metrics_tags: tuple[str, ...] = ()
+    #: bearer token that enables POST /api/reset (environment or file only)
+    api_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,20 @@ def _log_level(text: str) -> str:
     return value
 
 
+def _tag_list(text: str) -> tuple[str, ...]:
+    tags = tuple(t.strip() for t in text.split(",") if t.strip())
+    for tag in tags:
+        if not tag.replace("_", "").isalnum():
+            raise ValueError(f"not a tag name: {tag!r}")
+    return tags
+
+
+def _token(text: str) -> str:
+    if len(text) < 16:
+        raise ValueError("must be at least 16 characters")
+    return text
+
+
 _SETTINGS = (
     _Setting("listen", "DBPROXY_LISTEN", parse_address),
     _Setting("upstream", "DBPROXY_UPSTREAM", parse_address),
@@ -99,6 +123,11 @@ _SETTINGS = (
     _Setting("sink_capacity", "DBPROXY_SINK_CAPACITY", _positive_int),
     _Setting("max_statement_bytes", "DBPROXY_MAX_STATEMENT_BYTES", _positive_int),
     _Setting("log_level", "DBPROXY_LOG_LEVEL", _log_level),
+    _Setting("http_listen", "DBPROXY_HTTP_LISTEN", parse_address),
+    _Setting("metrics_max_fingerprints", "DBPROXY_METRICS_MAX_FINGERPRINTS", _positive_int),
+    _Setting("max_fingerprints", "DBPROXY_MAX_FINGERPRINTS", _positive_int),
+    _Setting("metrics_tags", "DBPROXY_METRICS_TAGS", _tag_list),
+    _Setting("api_token", "DBPROXY_API_TOKEN", _token),
 )
 CONFIG_ENV = "DBPROXY_CONFIG"
 
@@ -135,10 +164,13 @@ def load_config(
             raw, origin = file_values[setting.name], f"{path}: {setting.name}"
         else:
             continue
+        if isinstance(raw, list) and setting.name == "metrics_tags":
+            raw = ",".join(str(item) for item in raw)
         try:
             values[setting.name] = setting.parse(str(raw))
         except ValueError as exc:
-            raise ConfigError(f"invalid {origin} {raw!r}: {exc}") from None
+            shown = "(hidden)" if setting.name == "api_token" else repr(raw)
+            raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
     return ProxyConfig(**values)  # type: ignore[arg-type]
 

@@ -122,6 +122,7 @@ class ClientConnection(asyncio.Protocol):
         held, self._held = self._held, []
         for chunk in held:
             transport.write(chunk)
+            self._server.stats.bytes_from_client += len(chunk)
             self._observe(self.session.client_data, chunk, _monotonic_ns())
 
     def _maybe_report_upstream_failure(self) -> None:
@@ -150,6 +151,7 @@ class ClientConnection(asyncio.Protocol):
             upstream = self._upstream_transport
             if upstream is not None:
                 upstream.write(data)
+                self._server.stats.bytes_from_client += len(data)
                 self._observe(self.session.client_data, data, _monotonic_ns())
             else:
                 self._held.append(data)
@@ -217,6 +219,7 @@ class ClientConnection(asyncio.Protocol):
     def server_data(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+        self._server.stats.bytes_from_server += len(data)
         self._observe(self.session.server_data, data, _monotonic_ns())
 
     def server_closed(self) -> None:

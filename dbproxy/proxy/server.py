@@ -20,6 +20,8 @@ class ProxyStats:
     """Plain counters of the proxy itself (observation problems included)."""
 
     __slots__ = (
+        "bytes_from_client",
+        "bytes_from_server",
         "cancel_requests",
         "connections_accepted",
         "observer_errors",
@@ -33,6 +35,8 @@ class ProxyStats:
         self.observer_errors = 0
         self.rejected_startups = 0
         self.cancel_requests = 0
+        self.bytes_from_client = 0
+        self.bytes_from_server = 0
 
 
 class ProxyServer:
@@ -89,6 +93,28 @@ class ProxyServer:
                 conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def check_upstream(self, timeout_s: float = 1.0) -> tuple[bool, str]:
+        """Readiness: listening, and a TCP connection to the upstream opens."""
+        if not self.listening:
+            return False, "not listening"
+        upstream = self.config.upstream
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(upstream.host, upstream.port), timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            errno = exc.errno if isinstance(exc, OSError) else None
+            reason = os.strerror(errno).lower() if errno else "timed out"
+            return False, f"upstream {upstream} unreachable: {reason}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, f"listening on {self.address}, upstream {upstream} reachable"
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
