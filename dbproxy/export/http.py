@@ -407,7 +407,8 @@ class MetricsEndpoint:
         gzip_ok = "gzip" in (e.split(";")[0].strip().lower() for e in encodings.split(","))
         async with self._lock:
             with self.collector.pinned() if self.collector else contextlib.nullcontext():
-                if self.in_thread:
+                # Without a collector to pin, collect() would snapshot in the worker thread.
+                if self.in_thread and self.collector is not None:
                     body, content_type, gzipped = await asyncio.to_thread(
                         self._render, accept, gzip_ok
                     )
