@@ -1,53 +1,121 @@
-"""Composition root: builds the sink, the proxy and its consumers; owns their lifecycle."""
+"""Composition root: builds the sink, proxy, aggregator, exporters and HTTP server, and
+owns their lifecycle. Nothing else constructs these objects or reads the configuration.
+
+    data path:  ProxyServer ──events──▶ QueueSink (bounded, counts drops)
+    off path:   drain task (every DRAIN_INTERVAL_S) ──▶ Aggregator (fingerprints, stats)
+    scrape:     HttpServer ── /metrics ─▶ DbproxyCollector ─▶ Aggregator.snapshot()
+                           ── /api/…   ─▶ api.py           ─▶ Aggregator.snapshot()
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry
 
 from dbproxy.config import ProxyConfig
+from dbproxy.errors import ConfigError
+from dbproxy.export.http import HttpServer, export_routes
+from dbproxy.export.prometheus import DbproxyCollector
+from dbproxy.observe.aggregator import Aggregator
 from dbproxy.observe.sink import QueueSink
+from dbproxy.protocol.events import Event
 from dbproxy.proxy.server import ProxyServer
+from dbproxy.sql.cache import Fingerprinter
 
 log = logging.getLogger(__name__)
 
-#: How often consumers drain the sink (stats are computed off the data path).
+#: How often the drain task moves events from the sink to the aggregator.
 DRAIN_INTERVAL_S = 0.1
+
+Consumer = Callable[[list[Event]], None]
 
 
 class App:
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, *, consumers: Sequence[Consumer] = ()) -> None:
         self.config = config
         self.sink = QueueSink(config.sink_capacity)
+        self.fingerprinter = Fingerprinter()
+        self.aggregator = Aggregator(
+            fingerprinter=self.fingerprinter, max_fingerprints=config.max_fingerprints
+        )
         self.proxy = ProxyServer(config, self.sink)
+        self.registry = CollectorRegistry()
+        self.collector = DbproxyCollector(
+            self.aggregator,
+            proxy=self.proxy.stats,
+            sink=self.sink,
+            fingerprinter=self.fingerprinter,
+            max_fingerprints=config.metrics_max_fingerprints,
+            metrics_tags=config.metrics_tags,
+        )
+        self.registry.register(self.collector)
+        self.http = HttpServer(
+            config.http_listen.host,
+            config.http_listen.port,
+            export_routes(
+                stats=self.aggregator,
+                ready=self.proxy.check_upstream,
+                registry=self.registry,
+                collector=self.collector,
+                api_token=config.api_token,
+            ),
+        )
+        self._consumers: list[Consumer] = [self.aggregator.consume, *consumers]
+        self.consumer_errors = 0
         self._stopping = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.proxy.start()
+        try:
+            await self.http.start()
+        except OSError as exc:
+            await self.proxy.shutdown(0)
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            listen = self.config.http_listen
+            raise ConfigError(f"cannot listen on {listen} (--http-listen): {reason}") from None
+        log.info("dbproxy serving /metrics, /api and health checks on http://%s", self.http.address)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+
+    def drain_now(self) -> int:
+        """Hand everything in the sink to the consumers; returns how many events."""
+        events = self.sink.drain()
+        if events:
+            for consume in self._consumers:
+                try:
+                    consume(events)
+                except Exception:
+                    # Observation failures are counted and logged, never fatal.
+                    self.consumer_errors += 1
+                    log.exception("event consumer failed on a batch of %d events", len(events))
+        return len(events)
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DRAIN_INTERVAL_S)
+            self.drain_now()
 
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def _drain_forever(self) -> None:
-        # Until the aggregator lands, events are drained and discarded so the sink
-        # never fills; drops would otherwise be counted against healthy sessions.
-        while True:
-            await asyncio.sleep(DRAIN_INTERVAL_S)
-            events = self.sink.drain()
-            if events and log.isEnabledFor(logging.DEBUG):
-                log.debug("drained %d events", len(events))
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.proxy.shutdown(grace_s)
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+        self.drain_now()
+        await self.http.close()
 
     async def run_until_stopped(self) -> None:
-        drain = asyncio.create_task(self._drain_forever())
-        try:
-            await self._stopping.wait()
-            await self.proxy.shutdown()
-        finally:
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
+        await self._stopping.wait()
+        await self.stop()
 
 
 async def serve(config: ProxyConfig) -> None:

@@ -48,6 +48,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-statement-bytes", metavar="N", help="statement text kept per message (1048576)"
     )
     run.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error (info)")
+    run.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="/metrics, /api, /healthz, /readyz (127.0.0.1:9391)",
+    )
+    run.add_argument(
+        "--metrics-max-fingerprints",
+        metavar="N",
+        help="fingerprints exported as series; the rest fold into __other__ (500)",
+    )
+    run.add_argument(
+        "--max-fingerprints", metavar="N", help="fingerprints the aggregator keeps (10000)"
+    )
+    run.add_argument(
+        "--metrics-tags",
+        metavar="TAGS",
+        help="attribution tags exported per fingerprint, e.g. application,route (none)",
+    )
 
     sub.add_parser(
         "fingerprint",
@@ -101,6 +119,10 @@ def _run(args: argparse.Namespace) -> int:
         "sink_capacity": args.sink_capacity,
         "max_statement_bytes": args.max_statement_bytes,
         "log_level": args.log_level,
+        "http_listen": args.http_listen,
+        "metrics_max_fingerprints": args.metrics_max_fingerprints,
+        "max_fingerprints": args.max_fingerprints,
+        "metrics_tags": args.metrics_tags,
     }
     config = load_config(cli_values, environment(), args.config)
     _setup_logging(config.log_level)

@@ -230,6 +230,8 @@ class Session:
         self._tx_start_ns = 0
         self._tx_statements = 0
         self._tx_last_command = ""
+        self._tx_open = False  # a transaction block we have seen start
+        self._tx_announced = False  # TransactionStarted emitted for it
 
     # ------------------------------------------------------------------ feeding
     def client_data(self, data: bytes, now_ns: int) -> None:
@@ -574,7 +576,10 @@ class Session:
         run.in_transaction = self._explicit or is_begin
         if is_begin:
             self._explicit = True
-            self._tx_start_ns = run.start_ns
+            if not self._tx_open:
+                self._tx_open = True
+                self._tx_start_ns = run.start_ns
+                self._tx_statements = 0
         elif command in _END_COMMANDS:
             self._explicit = False
             self._tx_last_command = command
@@ -708,22 +713,27 @@ class Session:
         self._rows = 0
         self._last_end_ns = now
 
-        previous = self._tx_status
         self._tx_status = status
-        if previous == codes.TX_IDLE and status != codes.TX_IDLE:
-            self._emit(
-                TransactionStarted(session_id=self.session_id, at_ns=self._tx_start_ns or now)
-            )
-        elif previous != codes.TX_IDLE and status == codes.TX_IDLE:
+        if not self._tx_open and status != codes.TX_IDLE:
+            # In a block whose BEGIN we did not see complete (observation started late).
+            self._tx_open = True
+            self._tx_start_ns = now
+        if self._tx_open and not self._tx_announced:
+            self._emit(TransactionStarted(session_id=self.session_id, at_ns=self._tx_start_ns))
+            self._tx_announced = True
+        # The block ends when the server says idle again: tags alone cannot tell (ROLLBACK
+        # TO SAVEPOINT answers "ROLLBACK"), and BEGIN … COMMIT may fit in one Query.
+        if self._tx_open and status == codes.TX_IDLE:
             self._emit(
                 TransactionFinished(
                     session_id=self.session_id,
                     committed=self._tx_last_command in ("COMMIT", "PREPARE TRANSACTION"),
-                    start_ns=self._tx_start_ns or now,
+                    start_ns=self._tx_start_ns,
                     end_ns=now,
                     statements=self._tx_statements,
                 )
             )
+            self._tx_open = self._tx_announced = False
             self._tx_statements = 0
             self._tx_start_ns = 0
             self._tx_last_command = ""

@@ -656,3 +656,36 @@ def test_row_limited_portal_replaced_by_next_query_is_reported_in_its_transactio
     assert finished.statements == 3
     select = statements(events)[1]
     assert (select.start_ns, select.end_ns, select.duration_ns) == (200, 230, 30)
+
+
+def test_begin_and_commit_in_one_query_is_a_transaction() -> None:
+    script: Script = [
+        *login(),
+        ("c", w.query("BEGIN; UPDATE t SET a = 1; COMMIT"), 100),
+        ("s", w.command_complete("BEGIN") + w.command_complete("UPDATE 2"), 150),
+        ("s", w.command_complete("COMMIT") + w.ready("I"), 200),
+    ]
+    events = check(script)
+    assert [type(e).__name__ for e in events if "Transaction" in type(e).__name__] == [
+        "TransactionStarted",
+        "TransactionFinished",
+    ]
+    (finished,) = [e for e in events if isinstance(e, TransactionFinished)]
+    assert (finished.committed, finished.statements, finished.start_ns) == (True, 3, 100)
+
+
+def test_rollback_to_savepoint_does_not_end_the_transaction() -> None:
+    script: Script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        ("c", w.query("SAVEPOINT s1"), 30),
+        ("s", w.command_complete("SAVEPOINT") + w.ready("T"), 40),
+        ("c", w.query("ROLLBACK TO SAVEPOINT s1"), 50),
+        ("s", w.command_complete("ROLLBACK") + w.ready("T"), 60),
+        ("c", w.query("COMMIT"), 70),
+        ("s", w.command_complete("COMMIT") + w.ready("I"), 80),
+    ]
+    events = check(script)
+    finished = [e for e in events if isinstance(e, TransactionFinished)]
+    assert [(f.committed, f.statements, f.end_ns) for f in finished] == [(True, 4, 80)]
