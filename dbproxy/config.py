@@ -28,7 +28,8 @@ class Address:
 
 
 def parse_address(text: str, *, default_host: str = "127.0.0.1") -> Address:
-    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT``."""
+    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT``; port 0 asks for any free port
+    (the start-up log says which one)."""
     value = text.strip()
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
@@ -41,8 +42,8 @@ def parse_address(text: str, *, default_host: str = "127.0.0.1") -> Address:
         host, port_text = "", value
     else:
         raise ValueError(f"not HOST:PORT: {text!r}")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be 1-65535 in {text!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535 (0: any free port) in {text!r}")
     return Address(host or default_host, int(port_text))
 
 

@@ -36,7 +36,8 @@ class ProxyProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            # a free port for the HTTP server unless the test says otherwise
+            env={**os.environ, "DBPROXY_HTTP_LISTEN": "127.0.0.1:0", **(env or {})},
         )
         self.stderr_lines: list[str] = []
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -193,7 +194,7 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
     ("args", "env", "message"),
     [
         (["--listen", "nonsense"], {}, "invalid --listen 'nonsense'"),
-        (["--upstream", "db:99999"], {}, "port must be 1-65535"),
+        (["--upstream", "db:99999"], {}, "port must be 0-65535"),
         ([], {"DBPROXY_LISTEN": "x:y"}, "invalid DBPROXY_LISTEN"),
         (["--config", "/nonexistent/dbproxy.toml"], {}, "cannot read config file"),
         (["--shutdown-timeout", "-1"], {}, "invalid --shutdown-timeout"),
@@ -238,5 +239,36 @@ def test_config_file_and_env_precedence(tmp_path: Path, pg_server: PgServer) -> 
         assert f"127.0.0.1:{port_env}" in proc.wait_for_line("listening on")
         with psycopg.connect(pg_server.dsn(port=port_env), sslmode="disable") as conn:
             assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        assert proc.stop() == 0
+
+
+def test_metrics_served_by_the_process(pg_server: PgServer) -> None:
+    port, http_port = _free_port(), _free_port()
+    proc = ProxyProcess(
+        [
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"{pg_server.host}:{pg_server.port}",
+            "--http-listen",
+            f"127.0.0.1:{http_port}",
+        ]
+    )
+    try:
+        line = proc.wait_for_line("serving /metrics")
+        assert f"127.0.0.1:{http_port}" in line
+        with psycopg.connect(pg_server.dsn(port=port), sslmode="disable") as conn:
+            conn.execute("select 'metrics please'")
+        import urllib.request
+
+        deadline = time.monotonic() + 5
+        text = ""
+        while time.monotonic() < deadline and "metrics please" not in text:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            time.sleep(0.1)
+        # the normalized text appears in dbproxy_query_info, the literal never does
+        assert "SELECT $1" in text and "metrics please" not in text
     finally:
         assert proc.stop() == 0
