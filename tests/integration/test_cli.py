@@ -70,13 +70,19 @@ class ProxyProcess:
                 self.proc.kill()
 
 
-@pytest.fixture
-def proxy_process(pg_server: PgServer) -> Iterator[tuple[ProxyProcess, int]]:
+def start_process(pg: PgServer, *extra: str) -> tuple[ProxyProcess, int]:
+    """``dbproxy run`` on a free port in front of ``pg``, once it says it listens."""
     port = _free_port()
     proc = ProxyProcess(
-        ["--listen", f"127.0.0.1:{port}", "--upstream", f"{pg_server.host}:{pg_server.port}"],
+        ["--listen", f"127.0.0.1:{port}", "--upstream", f"{pg.host}:{pg.port}", *extra]
     )
     proc.wait_for_line("listening on")
+    return proc, port
+
+
+@pytest.fixture
+def proxy_process(pg_server: PgServer) -> Iterator[tuple[ProxyProcess, int]]:
+    proc, port = start_process(pg_server)
     try:
         yield proc, port
     finally:
@@ -123,18 +129,7 @@ def test_psycopg_conn_cancel_on_pg_sleep(
 
 
 def test_sigterm_lets_sessions_finish_then_exits_0(pg_server: PgServer) -> None:
-    port = _free_port()
-    proc = ProxyProcess(
-        [
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"{pg_server.host}:{pg_server.port}",
-            "--shutdown-timeout",
-            "10",
-        ]
-    )
-    proc.wait_for_line("listening on")
+    proc, port = start_process(pg_server, "--shutdown-timeout", "10")
     with psycopg.connect(pg_server.dsn(port=port), sslmode="disable", autocommit=True) as conn:
         result: list[object] = []
         worker = threading.Thread(
@@ -153,18 +148,7 @@ def test_sigterm_lets_sessions_finish_then_exits_0(pg_server: PgServer) -> None:
 
 
 def test_shutdown_timeout_closes_remaining_sessions(pg_server: PgServer) -> None:
-    port = _free_port()
-    proc = ProxyProcess(
-        [
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"{pg_server.host}:{pg_server.port}",
-            "--shutdown-timeout",
-            "0.5",
-        ]
-    )
-    proc.wait_for_line("listening on")
+    proc, port = start_process(pg_server, "--shutdown-timeout", "0.5")
     conn = psycopg.connect(pg_server.dsn(port=port), sslmode="disable")
     try:
         started = time.monotonic()
