@@ -1,0 +1,251 @@
+"""Failing tests that demonstrate bugs found in a review of the protocol core and pipe.
+
+Each test states the PostgreSQL behaviour it relies on; none of them is marked xfail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+from dbproxy.config import Address, ProxyConfig
+from dbproxy.observe.sink import QueueSink
+from dbproxy.protocol.events import (
+    Event,
+    SessionOpened,
+    TransactionFinished,
+    TransactionStarted,
+)
+from dbproxy.protocol.session import Session
+from dbproxy.proxy.server import ProxyServer
+from dbproxy.sql.splitter import split_statements
+from tests.unit.protocol import wire as w
+from tests.unit.protocol.test_session import Script, login, play, statements, summary
+
+
+def _feed(script: Script) -> tuple[Session, list[Event]]:
+    events: list[Event] = []
+    session = Session(session_id=1, emit=events.append, epoch_offset_ns=0)
+    for side, data, t in script:
+        (session.client_data if side == "c" else session.server_data)(data, t)
+    return session, events
+
+
+# --- extended-protocol COPY: the Sync libpq sends before the data is ignored ---------------
+def test_extended_copy_in_with_libpq_syncs_keeps_pairing() -> None:
+    # libpq's PQexecParams("COPY t FROM STDIN") sends Parse/Bind/Describe/Execute/Sync; the
+    # server ignores Flush and Sync while in copy-in mode (copyfromparse.c), and
+    # PQputCopyEnd sends CopyDone *and another Sync* (fe-exec.c).  One ReadyForQuery
+    # answers the two Syncs.  Today the stale Sync stays queued and every later
+    # statement of the session is reported with the text of the one before it.
+    script: Script = [
+        *login(),
+        (
+            "c",
+            w.parse("COPY t FROM STDIN") + w.bind() + w.describe("P") + w.execute() + w.sync(),
+            10,
+        ),
+        ("s", w.parse_complete() + w.bind_complete() + w.no_data() + w.copy_in_response(), 20),
+        ("c", w.copy_data(b"1\n2\n") + w.copy_done() + w.sync(), 30),
+        ("s", w.command_complete("COPY 2") + w.ready(), 40),
+    ]
+    t = 100
+    for sql, rows in (("SELECT a FROM one", 1), ("SELECT b FROM three", 3)):
+        script.append(("c", w.parse(sql) + w.bind() + w.execute() + w.sync(), t))
+        script.append(
+            (
+                "s",
+                w.parse_complete()
+                + w.bind_complete()
+                + w.data_row(b"x") * rows
+                + w.command_complete(f"SELECT {rows}")
+                + w.ready(),
+                t + 10,
+            )
+        )
+        t += 100
+    assert summary(play(script)) == [
+        ("ok", "COPY t FROM STDIN", "COPY", 2, False),
+        ("ok", "SELECT a FROM one", "SELECT", 1, False),
+        ("ok", "SELECT b FROM three", "SELECT", 3, False),
+    ]
+
+
+# --- transactions ---------------------------------------------------------------------------
+def test_rollback_to_savepoint_mid_query_keeps_later_statements_in_the_transaction() -> None:
+    # ROLLBACK TO SAVEPOINT answers with the tag "ROLLBACK" but the transaction goes on;
+    # _finish() sets _explicit = False on that tag, so the statements after it in the
+    # same Query (or before the same Sync) are treated as an implicit transaction.
+    script: Script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        ("c", w.query("ROLLBACK TO SAVEPOINT a; INSERT INTO t VALUES (2); SELECT 1/0"), 30),
+        (
+            "s",
+            w.command_complete("ROLLBACK")
+            + w.command_complete("INSERT 0 1")
+            + w.error("22012", "division by zero")
+            + w.ready("E"),
+            40,
+        ),
+    ]
+    stmts = statements(play(script))
+    insert = next(s for s in stmts if s.text.startswith("INSERT"))
+    assert insert.in_transaction is True
+    assert insert.rolled_back is False  # not an implicit transaction
+
+
+def test_commit_and_chain_finishes_one_transaction_and_starts_another() -> None:
+    script: Script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        ("c", w.query("COMMIT AND CHAIN"), 30),
+        ("s", w.command_complete("COMMIT") + w.ready("T"), 40),
+        ("c", w.query("ROLLBACK"), 50),
+        ("s", w.command_complete("ROLLBACK") + w.ready("I"), 60),
+    ]
+    events = play(script)
+    finished = [e for e in events if isinstance(e, TransactionFinished)]
+    assert [(f.committed, f.statements) for f in finished] == [(True, 2), (False, 1)]
+    assert len([e for e in events if isinstance(e, TransactionStarted)]) == 2
+
+
+# --- errors arriving before the rest of the pipeline was seen ------------------------------
+def test_error_before_rest_of_pipeline_counts_skipped_executes() -> None:
+    # The server runs a pipeline as it reads it: the error for the first Execute can
+    # reach the proxy before the client has finished sending the pipeline.
+    first = w.parse("INSERT INTO t VALUES ($1)", name="ins") + w.bind("ins") + w.execute()
+    rest = (w.bind("ins") + w.execute()) * 3 + w.sync()
+    script: Script = [
+        *login(),
+        ("c", first, 10),
+        ("s", w.parse_complete() + w.bind_complete() + w.error("23505", "duplicate"), 20),
+        ("c", rest, 30),
+        ("s", w.ready(), 40),
+    ]
+    session, _events = _feed(script)
+    assert session.stats.skipped_statements == 3
+    assert session.stats.desyncs == 0
+
+
+# --- protocol 3.2 negotiation ---------------------------------------------------------------
+def test_negotiated_protocol_version_is_reported() -> None:
+    # A client asks for 3.2; a PostgreSQL 17 server answers NegotiateProtocolVersion(3.0).
+    startup = bytearray(w.startup())
+    struct.pack_into("!I", startup, 4, (3 << 16) | 2)
+    negotiate = b"v" + struct.pack("!Iii", 12, (3 << 16) | 0, 0)
+    script: Script = [("c", bytes(startup), 1), ("s", negotiate + w.server_hello(), 2)]
+    events = play(script)
+    opened = next(e for e in events if isinstance(e, SessionOpened))
+    assert opened.protocol_version == (3, 0)
+
+
+# --- startup limits ---------------------------------------------------------------------------
+def test_startup_packet_up_to_10004_bytes_is_accepted_as_the_server_does() -> None:
+    # ProcessStartupPacket: len = wire length - 4; refused only if len > 10000.
+    from dbproxy.protocol.startup import RequestKind, read_startup_request
+
+    packet = w.startup(options="x" * (10_004 - len(w.startup(options=""))))
+    assert len(packet) == 10_004
+    request = read_startup_request(packet)
+    assert request is not None and request.kind is RequestKind.STARTUP
+
+
+# --- memory per session -----------------------------------------------------------------------
+def test_idle_session_does_not_keep_megabytes_of_old_parse_messages() -> None:
+    import gc
+    import tracemalloc
+
+    events: list[Event] = []
+    session = Session(session_id=1, emit=events.append, epoch_offset_ns=0)
+    session.client_data(w.startup(), 1)
+    session.server_data(w.server_hello(), 2)
+    values = ",".join(f"({j})" for j in range(6000))  # ~45 kB of SQL, e.g. an ORM bulk insert
+    tracemalloc.start()
+    try:
+        for i in range(200):
+            sql = f"INSERT INTO t VALUES ({i}),{values}"
+            session.client_data(w.parse(sql) + w.bind() + w.execute() + w.sync(), 10 + i)
+            session.server_data(
+                w.parse_complete()
+                + w.bind_complete()
+                + w.command_complete("INSERT 0 6001")
+                + w.ready(),
+                11 + i,
+            )
+        events.clear()
+        gc.collect()
+        retained, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # all statements are finished: what is left is the parse cache (today ~20 MB)
+    assert retained < 2_000_000
+
+
+# --- splitter -----------------------------------------------------------------------------------
+def test_splitter_is_linear_in_comment_only_pieces() -> None:
+    import time
+
+    sql = "SELECT 1" + ";/**/" * 400_000  # 2 MB: PostgreSQL runs it in milliseconds
+    began = time.perf_counter()
+    split_statements(sql)
+    elapsed = time.perf_counter() - began
+    # a normal 2 MB split takes ~0.2 s; today this takes ~15 s on the event loop
+    assert elapsed < 2.0
+
+
+def test_routine_parameter_named_begin_does_not_swallow_the_next_statement() -> None:
+    # psql only counts BEGIN/CASE/END at paren_depth == 0 (psqlscan.l); BEGIN is an
+    # unreserved keyword, valid as a parameter name.
+    sql = "CREATE FUNCTION f(begin int) RETURNS int LANGUAGE sql AS 'select 1'; SELECT 2"
+    assert split_statements(sql) == [
+        "CREATE FUNCTION f(begin int) RETURNS int LANGUAGE sql AS 'select 1'",
+        "SELECT 2",
+    ]
+
+
+def test_escape_string_continuation_keeps_backslash_escapes() -> None:
+    # scan.l: a quote continuation (quote, whitespace with a newline, quote) stays in the
+    # same state, so the second segment of E'..' '..' is an escape string too.
+    sql = "SELECT E'a'\n'\\''; SELECT 2"
+    assert split_statements(sql) == ["SELECT E'a'\n'\\''", "SELECT 2"]
+
+
+# --- pipe: a client that closes while the upstream connection is being opened -----------------
+async def test_cancel_request_sent_then_closed_reaches_the_upstream() -> None:
+    # tokio-postgres' cancel_query_raw writes the CancelRequest, shuts the socket down and
+    # drops it without waiting; PostgreSQL would still act on it.  The proxy holds the
+    # bytes until its upstream connection is up, and today drops them when the client
+    # closes first.
+    received = bytearray()
+    upstream_done = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            received.extend(data)
+        upstream_done.set()
+        writer.close()
+
+    fake_pg = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = fake_pg.sockets[0].getsockname()[1]
+    proxy = ProxyServer(
+        ProxyConfig(listen=Address("127.0.0.1", 0), upstream=Address("127.0.0.1", port)),
+        QueueSink(),
+    )
+    await proxy.start()
+    try:
+        cancel = w.cancel_request(4242)
+        sock = socket.create_connection((proxy.address.host, proxy.address.port))
+        sock.sendall(cancel)
+        sock.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(upstream_done.wait(), 2.0)
+        assert bytes(received) == cancel
+    finally:
+        await proxy.shutdown(0.1)
+        fake_pg.close()
+        await fake_pg.wait_closed()
