@@ -15,7 +15,8 @@ SSL_REQUEST_CODE: Final = 80877103
 GSSENC_REQUEST_CODE: Final = 80877104
 CANCEL_REQUEST_CODE: Final = 80877102
 
-#: The server refuses a startup packet longer than this (MAX_STARTUP_PACKET_LENGTH).
+#: The server refuses a startup packet whose body (length - 4) is longer than this
+#: (MAX_STARTUP_PACKET_LENGTH in pqcomm.h; checked as ``len - 4 > 10000`` in backend_startup.c).
 MAX_STARTUP_PACKET_LENGTH: Final = 10_000
 #: Largest regular message the server accepts (PQ_LARGE_MESSAGE_LIMIT, MaxAllocSize - 1).
 MAX_MESSAGE_LENGTH: Final = 0x3FFFFFFF - 1

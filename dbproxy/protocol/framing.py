@@ -158,7 +158,7 @@ class FrameReader:
                     self._pending = data[pos:]
                     break
                 (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
-                if length < 8 or length > codes.MAX_STARTUP_PACKET_LENGTH:
+                if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
                     raise self._error(f"invalid length of startup packet: {length}")
                 msg_type = STARTUP
                 body_len = length - 4

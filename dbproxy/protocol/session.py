@@ -33,7 +33,9 @@ Implicit transactions
     or several Executes before one Sync, outside BEGIN … COMMIT) are rolled back when
     a later statement of the same transaction fails; their events say
     ``rolled_back=True``.  Statement events are therefore emitted at ReadyForQuery,
-    when the outcome of the transaction is known.
+    when the outcome of the transaction is known — or early, once 10,000 are waiting
+    (a pipeline of a million Executes before one Sync must not hold a million records);
+    those can no longer be marked rolled back.
 
 The session never raises on bad bytes: a protocol violation (or a replication
 connection, whose CopyBoth stream we do not interpret) turns observation off for the
@@ -42,6 +44,7 @@ session, which keeps being relayed.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -78,11 +81,21 @@ _FUNCTION: Final = 8
 _PHASES: Final = {_PARSE: "parse", _BIND: "bind", _DESCRIBE: "describe", _CLOSE: "close"}
 
 _BEGIN_COMMANDS: Final = frozenset({"BEGIN", "START TRANSACTION"})
-_END_COMMANDS: Final = frozenset(
-    {"COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED"}
+# Tags that end the open transaction block (COMMIT/ROLLBACK PREPARED act on a prepared
+# transaction, not on the block, and cannot run inside one).
+_END_COMMANDS: Final = frozenset({"COMMIT", "ROLLBACK", "PREPARE TRANSACTION"})
+_COMMITTED: Final = frozenset({"COMMIT", "PREPARE TRANSACTION"})
+# ROLLBACK TO SAVEPOINT answers with the tag "ROLLBACK" but keeps the block open.
+_SAVEPOINT_ROLLBACK: Final = re.compile(
+    r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*(?:ROLLBACK|ABORT)\s+(?:(?:WORK|TRANSACTION)\s+)?TO\b",
+    re.IGNORECASE | re.DOTALL,
 )
+# COMMIT/ROLLBACK … AND CHAIN starts a new block at once (AND NO CHAIN does not).
+_CHAIN: Final = re.compile(r"\bAND\s+(NO\s+)?CHAIN\b", re.IGNORECASE)
 _FORGET_PREPARED: Final = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+_MAX_BATCH: Final = 10_000  # statements held for their transaction's outcome
 _PARSE_CACHE_SIZE: Final = 256  # distinct Parse messages remembered per session
+_PARSE_CACHE_MAX_BODY: Final = 4096  # … of at most this size (≤ 1 MiB per session)
 _UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
 
 
@@ -169,9 +182,10 @@ class _Pending:
 class SessionStats:
     """Plain counters the proxy may publish; never touched by I/O."""
 
-    __slots__ = ("desyncs", "skipped_statements", "split_mismatches")
+    __slots__ = ("desyncs", "early_flushes", "skipped_statements", "split_mismatches")
 
     def __init__(self) -> None:
+        self.early_flushes = 0
         self.skipped_statements = 0
         self.split_mismatches = 0
         self.desyncs = 0
@@ -219,19 +233,21 @@ class Session:
         self._rows = 0  # DataRows since the last completion
         self._last_end_ns = 0
         self._query_run: _Run | None = None
-
-        # transactions
+        # After an error the server discards everything up to the next Sync; when the
+        # error came before the client had sent that Sync, we discard too.
+        self._skip_to_sync = False
+        # In COPY FROM STDIN via Execute the server ignores Sync and Flush (libpq sends a
+        # Sync after Execute and another after CopyDone; only the second is answered).
+        self._copy_in = False
         self._tx_status = codes.TX_IDLE
         self._explicit = False
-        self._batch: list[_Run] = []
+        self._batch: list[_Run | TransactionStarted | TransactionFinished] = []
         self._implicit: list[_Run] = []
         self._last_extended: _Run | None = None
         self._suspended: list[_Run] = []
+        # the open transaction block (self._explicit): when it began, statements in it
         self._tx_start_ns = 0
         self._tx_statements = 0
-        self._tx_last_command = ""
-        self._tx_open = False  # a transaction block we have seen start
-        self._tx_announced = False  # TransactionStarted emitted for it
 
     # ------------------------------------------------------------------ feeding
     def client_data(self, data: bytes, now_ns: int) -> None:
@@ -293,6 +309,17 @@ class Session:
     # ------------------------------------------------------------------ client side
     def _on_client(self, msg_type: int, body: bytes, now: int) -> None:
         enc = self._encoding
+        if self._skip_to_sync or self._copy_in:
+            if self._copy_in:
+                if msg_type in (codes.COPY_DONE, codes.COPY_FAIL):
+                    self._copy_in = False
+                return  # CopyData; Sync and Flush are ignored by the server in copy-in
+            if msg_type == codes.SYNC:
+                self._skip_to_sync = False
+            else:
+                if msg_type == codes.EXECUTE:
+                    self.stats.skipped_statements += 1
+                return
         if msg_type == codes.EXECUTE:
             portal_name = "" if body[:1] == b"\x00" else messages.decode_execute(body, enc)[0]
             run = self._portals.get(portal_name)
@@ -335,9 +362,10 @@ class Session:
             if cached is None:
                 parse = messages.decode_parse(body, enc)
                 cached = (parse, _Prepared(parse.query, parse.param_type_oids))
-                if len(self._parse_cache) >= _PARSE_CACHE_SIZE:
-                    self._parse_cache.clear()
-                self._parse_cache[body] = cached
+                if len(body) <= _PARSE_CACHE_MAX_BODY:  # big bulk statements: not kept
+                    if len(self._parse_cache) >= _PARSE_CACHE_SIZE:
+                        self._parse_cache.clear()
+                    self._parse_cache[body] = cached
             parse, prepared = cached
             self._prepared[parse.name] = prepared
             self._start_group(now)
@@ -414,6 +442,11 @@ class Session:
             )
         elif msg_type == codes.PARAMETER_STATUS:
             self._on_parameter_status(body)
+        elif msg_type == codes.NEGOTIATE_PROTOCOL_VERSION:
+            # the server's newest supported minor version is what this session speaks
+            if len(body) >= 4:
+                minor = int.from_bytes(body[:4], "big") & 0xFFFF
+                self.protocol_version = (self.protocol_version[0], minor)
         elif msg_type == codes.BACKEND_KEY_DATA:
             self.backend_pid, _key = messages.decode_backend_key_data(body)
         elif msg_type == codes.ERROR_RESPONSE:
@@ -517,6 +550,16 @@ class Session:
                 self._finish(run, "FUNCTION CALL", None, now)
         elif msg_type == codes.PARAMETER_STATUS:
             self._on_parameter_status(body)
+        elif msg_type == codes.COPY_IN_RESPONSE:
+            if pending and pending[0].kind == _EXECUTE:
+                # Syncs the client sent after this Execute reach the server in copy-in
+                # mode, where it ignores them: they will get no ReadyForQuery.
+                head = pending.popleft()
+                kept = [p for p in pending if p.kind != _SYNC]
+                pending.clear()
+                pending.append(head)
+                pending.extend(kept)
+                self._copy_in = True
         elif msg_type == codes.COPY_BOTH_RESPONSE:
             self.lose("CopyBoth (replication stream): relayed without interpretation")
         # ParameterDescription, CopyIn/OutResponse, CopyData/Done, Notice and
@@ -572,24 +615,25 @@ class Session:
         run.application_name = self.application_name
         self._last_end_ns = now
         self._query_run = None
-        is_begin = command in _BEGIN_COMMANDS
-        run.in_transaction = self._explicit or is_begin
+        is_begin = command in _BEGIN_COMMANDS and not self._explicit
         if is_begin:
-            self._explicit = True
-            if not self._tx_open:
-                self._tx_open = True
-                self._tx_start_ns = run.start_ns
-                self._tx_statements = 0
-        elif command in _END_COMMANDS:
-            self._explicit = False
-            self._tx_last_command = command
-        elif command in _FORGET_PREPARED:
-            self._prepared = {k: v for k, v in self._prepared.items() if not k}
+            self._open_transaction(run.start_ns)
+        run.in_transaction = self._explicit
         if not run.in_transaction:
             self._implicit.append(run)
         else:
             self._tx_statements += 1
         self._batch.append(run)
+        if len(self._batch) > _MAX_BATCH:
+            self._flush_early(run)
+        if command in _END_COMMANDS and self._explicit and not _SAVEPOINT_ROLLBACK.match(run.text):
+            # COMMIT (or ROLLBACK, also the tag of a COMMIT of a failed transaction)
+            self._close_transaction(command in _COMMITTED, now)
+            chain = _CHAIN.search(run.text)
+            if chain is not None and chain.group(1) is None:
+                self._open_transaction(now)  # … AND CHAIN starts the next one at once
+        elif command in _FORGET_PREPARED:
+            self._prepared = {k: v for k, v in self._prepared.items() if not k}
         if run.protocol == "extended":
             self._last_extended = run
         else:
@@ -605,12 +649,14 @@ class Session:
         run.phase = phase
         run.end_ns = now
         run.application_name = self.application_name
-        run.in_transaction = self._explicit
+        if run not in self._batch:
+            run.in_transaction = self._explicit
+            if run.in_transaction:
+                self._tx_statements += 1
+            self._batch.append(run)
         self._last_end_ns = now
         self._query_run = None
         self._last_extended = None
-        if run not in self._batch:
-            self._batch.append(run)
         if run in self._suspended:
             self._suspended.remove(run)
 
@@ -630,9 +676,15 @@ class Session:
             self.stats.skipped_statements += max(0, len(query.statements) - query.index)
             query.index = len(query.statements)
         elif head.kind == _SYNC:
-            # An error at Sync is raised by the commit of the implicit transaction.
+            # An ERROR at Sync is raised by the commit of the implicit transaction (a
+            # FATAL there is the connection ending, not the statement failing).
             last = self._last_extended
-            if last is not None and not last.in_transaction and last.error is None:
+            if (
+                last is not None
+                and not last.in_transaction
+                and last.error is None
+                and fields.severity == "ERROR"
+            ):
                 self._fail(last, error, "commit", head.sent_ns, now)
         elif head.kind == _FUNCTION:
             call = head.payload
@@ -644,6 +696,10 @@ class Session:
             failed: _Run | None = None
             sent = head.sent_ns
             skipped = 0
+            self._copy_in = False
+            if head.kind == _PARSE and isinstance(head.payload, messages.ParseMessage):
+                # the statement was not created; a later Bind to it fails on its own
+                self._prepared.pop(head.payload.name, None)
             while pending and pending[0].kind != _SYNC:
                 item = pending.popleft()
                 if item.kind == _EXECUTE:
@@ -653,6 +709,8 @@ class Session:
                     else:
                         skipped += 1
             self.stats.skipped_statements += skipped
+            if not pending:
+                self._skip_to_sync = True  # the Sync is still to come from the client
             phase = "execute" if head.kind == _EXECUTE else _PHASES.get(head.kind, "execute")
             if failed is None:
                 payload = head.payload
@@ -707,37 +765,48 @@ class Session:
                 self._finish_suspended(run)
             self._portals.clear()
         self._implicit.clear()
-        self._flush_batch()
         self._last_extended = None
         self._query_run = None
         self._rows = 0
         self._last_end_ns = now
 
+        # The server's status is the truth at batch boundaries: a block we did not see
+        # begin (observation started inside it), or one that ended without a COMMIT or
+        # ROLLBACK tag (a COMMIT failing on a deferred constraint, an error ending it).
+        if status != codes.TX_IDLE and not self._explicit:
+            self._open_transaction(now)
+        elif status == codes.TX_IDLE and self._explicit:
+            self._close_transaction(False, now)
         self._tx_status = status
-        if not self._tx_open and status != codes.TX_IDLE:
-            # In a block whose BEGIN we did not see complete (observation started late).
-            self._tx_open = True
-            self._tx_start_ns = now
-        if self._tx_open and not self._tx_announced:
-            self._emit(TransactionStarted(session_id=self.session_id, at_ns=self._tx_start_ns))
-            self._tx_announced = True
-        # The block ends when the server says idle again: tags alone cannot tell (ROLLBACK
-        # TO SAVEPOINT answers "ROLLBACK"), and BEGIN … COMMIT may fit in one Query.
-        if self._tx_open and status == codes.TX_IDLE:
-            self._emit(
-                TransactionFinished(
-                    session_id=self.session_id,
-                    committed=self._tx_last_command in ("COMMIT", "PREPARE TRANSACTION"),
-                    start_ns=self._tx_start_ns,
-                    end_ns=now,
-                    statements=self._tx_statements,
-                )
+        self._flush_batch()
+
+    def _flush_early(self, keep: _Run) -> None:
+        """Bound memory on a long pipeline with one Sync (executemany of a million rows):
+        emit all but the newest statement now.  Statements emitted this way can no longer
+        be marked rolled back by a later error (counted in ``early_flushes``)."""
+        self.stats.early_flushes += 1
+        self._batch.pop()
+        self._flush_batch()
+        self._batch.append(keep)
+        self._implicit = [keep] if keep in self._implicit else []
+
+    def _open_transaction(self, at_ns: int) -> None:
+        self._explicit = True
+        self._tx_start_ns = at_ns
+        self._tx_statements = 0
+        self._batch.append(TransactionStarted(session_id=self.session_id, at_ns=at_ns))
+
+    def _close_transaction(self, committed: bool, end_ns: int) -> None:
+        self._explicit = False
+        self._batch.append(
+            TransactionFinished(
+                session_id=self.session_id,
+                committed=committed,
+                start_ns=self._tx_start_ns,
+                end_ns=end_ns,
+                statements=self._tx_statements,
             )
-            self._tx_open = self._tx_announced = False
-            self._tx_statements = 0
-            self._tx_start_ns = 0
-            self._tx_last_command = ""
-        self._explicit = status != codes.TX_IDLE
+        )
 
     def _flush_batch(self) -> None:
         if not self._batch:
@@ -747,6 +816,9 @@ class Session:
         offset = self._epoch_offset_ns
         sid, user, database = self.session_id, self.user, self.database
         for run in batch:
+            if not isinstance(run, _Run):
+                self._emit(run)  # TransactionStarted / TransactionFinished, in order
+                continue
             if run.error is None:
                 event: Event = StatementFinished(
                     session_id=sid,

@@ -44,7 +44,7 @@ def read_startup_request(buf: bytes) -> StartupRequest | None:
     if len(buf) < 8:
         return None
     length, code = _HEADER.unpack_from(buf, 0)
-    if length < 8 or length > codes.MAX_STARTUP_PACKET_LENGTH:
+    if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
         raise FrontendProtocolError(f"invalid length of startup packet: {length}")
     if len(buf) < length:
         return None

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _monotonic_ns = time.monotonic_ns
+#: Client bytes held while the upstream connection opens before reading pauses.
+_MAX_HELD_BYTES = 256 * 1024
 
 
 class ClientConnection(asyncio.Protocol):
@@ -48,6 +50,10 @@ class ClientConnection(asyncio.Protocol):
         self._startup_buf = b""
         self._forwarding = False  # past the startup negotiation
         self._held: list[bytes] = []  # forwarded bytes waiting for the upstream
+        self._held_bytes = 0
+        self._reading_paused = False
+        # the client left after sending bytes (a CancelRequest) before the upstream was up
+        self._deliver_then_close = False
         self._upstream_failed: str | None = None
         self._closed = False
         self._connect_task: asyncio.Task[None] | None = None
@@ -79,7 +85,12 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         self._server.connection_closed(self)
         if self._connect_task is not None and not self._connect_task.done():
-            self._connect_task.cancel()
+            if self._held and self._upstream_failed is None:
+                # Deliver what the client sent (e.g. a CancelRequest from a client that
+                # writes it and closes at once), then close.
+                self._deliver_then_close = True
+            else:
+                self._connect_task.cancel()
         if self._upstream_transport is not None:
             self._upstream_transport.close()
         if self.transport is not None:
@@ -115,7 +126,12 @@ class ClientConnection(asyncio.Protocol):
             self._maybe_report_upstream_failure()
             return
         if self._closed:
-            transport.close()
+            if self._deliver_then_close:
+                for chunk in self._held:
+                    transport.write(chunk)
+                    self._server.stats.bytes_from_client += len(chunk)
+                self._held = []
+            transport.close()  # flushes what was written
             return
         self._upstream_transport = transport
         self.upstream = protocol
@@ -124,6 +140,9 @@ class ClientConnection(asyncio.Protocol):
             transport.write(chunk)
             self._server.stats.bytes_from_client += len(chunk)
             self._observe(self.session.client_data, chunk, _monotonic_ns())
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def _maybe_report_upstream_failure(self) -> None:
         """Tell the client, once it has sent the packet that expects an answer."""
@@ -154,9 +173,17 @@ class ClientConnection(asyncio.Protocol):
                 self._server.stats.bytes_from_client += len(data)
                 self._observe(self.session.client_data, data, _monotonic_ns())
             else:
-                self._held.append(data)
+                self._hold(data)
             return
         self._negotiate(data)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep bytes until the upstream is up; stop reading past a bound."""
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > _MAX_HELD_BYTES and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
 
     def _negotiate(self, data: bytes) -> None:
         buf = self._startup_buf + data

@@ -11,7 +11,8 @@ decides:
   ``$1`` is a parameter), ``--`` and nested ``/* */`` comments do not split;
 * semicolons inside parentheses do not split (psql's ``paren_depth``);
 * semicolons inside a ``CREATE [OR REPLACE] FUNCTION|PROCEDURE … BEGIN ATOMIC … END``
-  body do not split (psql's ``begin_depth``, with ``CASE … END`` nesting).
+  body do not split (psql's ``begin_depth``, with ``CASE … END`` nesting, counted only
+  outside parentheses, so a parameter named ``begin`` is not a block).
 
 Empty statements are dropped, as the server drops them.  A trailing piece that holds
 only comments (``SELECT 1; /*traceparent='…'*/``) is attached to the statement before
@@ -51,6 +52,30 @@ def _dollar_tag_end(sql: str, i: int, n: int) -> int:
             return -1
         j += 1
     return j + 1 if j < n else -1
+
+
+def _skip_quoted(sql: str, i: int, n: int, backslash: bool) -> int:
+    """Index after the string literal whose body starts at ``i``.  As in scan.l, a
+    closing quote followed by whitespace holding a newline and another quote continues
+    the same literal (``'a'\n'b'`` is ``'ab'``), keeping its escape mode."""
+    while i < n:
+        c = sql[i]
+        if backslash and c == "\\":
+            i += 2
+            continue
+        if c == "'":
+            if i + 1 < n and sql[i + 1] == "'":
+                i += 2
+                continue
+            j = i + 1
+            while j < n and sql[j] in " \t\r\f\n":
+                j += 1
+            if j < n and sql[j] == "'" and "\n" in sql[i + 1 : j]:
+                i = j + 1  # continuation
+                continue
+            return i + 1
+        i += 1
+    return n
 
 
 def split_statements(sql: str) -> list[str]:
@@ -101,19 +126,7 @@ def split_statements(sql: str) -> list[str]:
             # E'...' (and e'...') strings honour backslash escapes; the prefix letter was
             # consumed as an identifier just before us.
             backslash = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _is_ident_cont(sql[i - 2]))
-            i += 1
-            while i < n:
-                c = sql[i]
-                if backslash and c == "\\":
-                    i += 2
-                    continue
-                if c == "'":
-                    if i + 1 < n and sql[i + 1] == "'":
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                i += 1
+            i = _skip_quoted(sql, i + 1, n, backslash)
             continue
         if ch == '"':
             i += 1
@@ -153,7 +166,7 @@ def split_statements(sql: str) -> list[str]:
             word = sql[i:j].lower()
             if len(idents) < 4:
                 idents.append(word)
-            if _in_routine_definition(idents):
+            if paren_depth == 0 and _in_routine_definition(idents):
                 if word == "begin":
                     begin_depth += 1
                 elif word == "case":
@@ -167,7 +180,7 @@ def split_statements(sql: str) -> list[str]:
 
     pieces.append((sql[start:], has_code))
 
-    statements: list[str] = []
+    statements: list[list[str]] = []
     for text, code in pieces:
         stripped = text.strip()
         if not stripped:
@@ -175,10 +188,10 @@ def split_statements(sql: str) -> list[str]:
         if not code:
             # Comment-only piece: belongs to the statement before it, if any.
             if statements:
-                statements[-1] = f"{statements[-1]} {stripped}"
+                statements[-1].append(stripped)
             continue
-        statements.append(stripped)
-    return statements
+        statements.append([stripped])
+    return [parts[0] if len(parts) == 1 else " ".join(parts) for parts in statements]
 
 
 def _in_routine_definition(idents: list[str]) -> bool:

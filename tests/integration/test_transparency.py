@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 
 import asyncpg
 import psycopg
@@ -107,3 +108,27 @@ def test_sslmode_prefer_falls_back_to_plaintext(proxy: RunningProxy) -> None:
 def test_sslmode_require_is_refused_until_tls_lands(proxy: RunningProxy) -> None:
     with pytest.raises(psycopg.OperationalError, match=r"(?i)ssl"):
         psycopg.connect(proxy.dsn(), sslmode="require")
+
+
+async def test_cancel_request_sent_then_closed_reaches_the_server(pg_server: PgServer) -> None:
+    # Some clients (tokio-postgres) write the CancelRequest and close at once, before the
+    # proxy's upstream connection is even up: the bytes must still reach the server.
+    tap = Tap(pg_server.host, pg_server.port)
+    tap_port = await tap.start()
+    running = start_proxy(PgServer(**{**pg_server.__dict__, "port": tap_port}))
+    try:
+        cancel = struct.pack("!IIiI", 16, 80877102, 4242, 1)  # pid 4242, key 1
+        loop = asyncio.get_running_loop()
+        for _ in range(20):  # the race is won by the client nearly every time
+            sock = socket.create_connection((running.host, running.port))
+            await loop.sock_sendall(sock, cancel)
+            sock.close()
+        for _ in range(100):
+            if len(tap.upstream_bytes) >= 20 * len(cancel):
+                break
+            await asyncio.sleep(0.05)
+        assert bytes(tap.upstream_bytes) == cancel * 20
+        assert running.server.stats.cancel_requests == 20
+    finally:
+        running.stop()
+        await tap.stop()

@@ -50,13 +50,13 @@ def test_message_over_the_limit_names_the_side() -> None:
         reader.feed(b"Q\x00\x00\x00\x03")
 
 
-def test_startup_packet_over_10000_bytes_is_refused() -> None:
-    big = struct.pack("!II", 10_001, 196608) + b"\x00" * 9_993
+def test_startup_packet_body_over_10000_bytes_is_refused() -> None:
+    big = struct.pack("!II", 10_005, 196608) + b"\x00" * 9_997
     with pytest.raises(FrontendProtocolError, match="startup packet"):
         FrameReader.for_frontend().feed(big)
     with pytest.raises(FrontendProtocolError):
         read_startup_request(big)
-    ok = struct.pack("!II", 10_000, 196608) + b"\x00" * 9_992
+    ok = struct.pack("!II", 10_004, 196608) + b"\x00" * 9_996
     request = read_startup_request(ok)
     assert request is not None and request.kind is RequestKind.STARTUP
 
