@@ -104,11 +104,12 @@ _TAGS: dict[bytes, tuple[str, int | None]] = {}
 
 
 class _Prepared:
-    __slots__ = ("param_type_oids", "text")
+    __slots__ = ("param_type_oids", "parsed_in", "text")
 
     def __init__(self, text: str, param_type_oids: tuple[int, ...]) -> None:
         self.text = text
         self.param_type_oids = param_type_oids
+        self.parsed_in = -1  # the client's Sync count when the Parse was sent
 
 
 class _Run:
@@ -131,6 +132,7 @@ class _Run:
         "start_ns",
         "statement_name",
         "text",
+        "text_in_batch",
     )
 
     def __init__(
@@ -159,6 +161,7 @@ class _Run:
         self.rolled_back = False
         self.in_transaction = False
         self.application_name = ""
+        self.text_in_batch = protocol == "simple"
 
 
 class _Query:
@@ -230,6 +233,7 @@ class Session:
         self._portals: dict[str, _Run] = {}
         self._pending: deque[_Pending] = deque()
         self._group_start_ns = 0
+        self._syncs_sent = 0  # batches the client has closed with Sync
         self._rows = 0  # DataRows since the last completion
         self._last_end_ns = 0
         self._query_run: _Run | None = None
@@ -347,6 +351,7 @@ class Session:
                 portal_name=portal_name,
                 param_type_oids=prepared.param_type_oids if prepared else (),
             )
+            run.text_in_batch = prepared is not None and prepared.parsed_in == self._syncs_sent
             replaced = self._portals.get(portal_name)
             if replaced is not None and self._suspended:
                 self._finish_suspended(replaced)
@@ -355,6 +360,7 @@ class Session:
             self._pending.append(_Pending(_BIND, run, now))
         elif msg_type == codes.SYNC:
             self._group_start_ns = 0
+            self._syncs_sent += 1
             self._pending.append(_Pending(_SYNC, None, now))
         elif msg_type == codes.PARSE:
             # Drivers send the same Parse over and over (unnamed statements): decode once.
@@ -367,6 +373,7 @@ class Session:
                         self._parse_cache.clear()
                     self._parse_cache[body] = cached
             parse, prepared = cached
+            prepared.parsed_in = self._syncs_sent
             self._prepared[parse.name] = prepared
             self._start_group(now)
             self._pending.append(_Pending(_PARSE, parse, now))
@@ -716,6 +723,7 @@ class Session:
                 payload = head.payload
                 if isinstance(payload, messages.ParseMessage):
                     failed = _Run("extended", payload.query, statement_name=payload.name)
+                    failed.text_in_batch = True
                 elif isinstance(payload, _Run):
                     failed = payload
             if failed is not None:
@@ -838,6 +846,7 @@ class Session:
                     rows=run.rows,
                     rolled_back=run.rolled_back,
                     in_transaction=run.in_transaction,
+                    text_in_batch=run.text_in_batch,
                     command=run.command,
                 )
             else:
@@ -859,6 +868,7 @@ class Session:
                     rows=run.rows,
                     rolled_back=run.rolled_back,
                     in_transaction=run.in_transaction,
+                    text_in_batch=run.text_in_batch,
                     error=run.error,
                     phase=run.phase,
                 )

@@ -224,3 +224,27 @@ def test_long_pipeline_is_emitted_in_bounded_batches() -> None:
     session.server_data(server[len(server) // 2 :] + w.ready(), 300)
     assert len(statements(events)) == 25_000
     assert session.stats.early_flushes >= 2
+
+
+def test_text_in_batch_tells_fresh_sql_from_an_old_prepared_statement() -> None:
+    traced = "SELECT 1 /*traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/"
+    script: Script = [
+        *login(),
+        ("c", w.query("SELECT 0"), 10),
+        ("s", w.row_description("a") + w.data_row(b"0") + w.command_complete("SELECT 1"), 11),
+        ("s", w.ready(), 12),
+        # prepared and executed in one traced request …
+        ("c", w.parse(traced, name="s1") + w.bind("s1") + w.execute() + w.sync(), 20),
+        ("s", w.parse_complete() + w.bind_complete() + w.data_row(b"1"), 21),
+        ("s", w.command_complete("SELECT 1") + w.ready(), 22),
+        # … executed again in a later request that sent no SQL
+        ("c", w.bind("s1") + w.execute() + w.sync(), 30),
+        ("s", w.bind_complete() + w.data_row(b"1") + w.command_complete("SELECT 1"), 31),
+        ("s", w.ready(), 32),
+    ]
+    stmts = statements(play(script))
+    assert [(s.text == traced, s.text_in_batch) for s in stmts] == [
+        (False, True),
+        (True, True),
+        (True, False),
+    ]
