@@ -33,6 +33,8 @@ class SessionOpened:
     protocol_version: tuple[int, int]
     at_ns: int
     at_epoch_ns: int
+    #: the client's address as the proxy saw it (``host:port``), when known
+    client_address: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

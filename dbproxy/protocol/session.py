@@ -222,6 +222,7 @@ class Session:
         self.backend_pid = 0
         self.protocol_version = (3, 0)
         self.is_cancel_request = False
+        self.client_address = ""  # set by the proxy, which owns the socket
         self.ready = False  # startup finished (first ReadyForQuery)
         self.observing = True
         self.lost_reason = ""
@@ -445,6 +446,7 @@ class Session:
                     protocol_version=self.protocol_version,
                     at_ns=now,
                     at_epoch_ns=now + self._epoch_offset_ns,
+                    client_address=self.client_address,
                 )
             )
         elif msg_type == codes.PARAMETER_STATUS:

@@ -70,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.session.client_address = self.peer
         self._server.connections.add(self)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
 
