@@ -91,8 +91,10 @@ class App:
                 try:
                     consume(events)
                 except Exception:
-                    # Observation failures are counted and logged, never fatal.
+                    # Observation failures are counted (dbproxy_observer_errors_total)
+                    # and logged, never fatal.
                     self.consumer_errors += 1
+                    self.proxy.stats.observer_errors += 1
                     log.exception("event consumer failed on a batch of %d events", len(events))
         return len(events)
 
