@@ -8,6 +8,10 @@ composition root passes in, never on the global ``REGISTRY``.
 
 Labels carry normalized SQL, fingerprint ids, SQLSTATEs and their class names only: no
 literals, no error messages.
+
+Latency buckets carry exemplars (``trace_id``, ``span_id`` of the latest traced statement
+in the bucket) when tracing is on; only the OpenMetrics format can show them (text 0.0.4
+has no exemplars, prometheus_client leaves them out there).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.utils import floatToGoString
 
 from dbproxy import __version__
@@ -136,6 +141,19 @@ class SinkCounters(Protocol):
     def capacity(self) -> int: ...
 
 
+class SpanCounters(Protocol):
+    """The tracing pipeline's counters (``export.otel.Tracing.counters``)."""
+
+    @property
+    def created(self) -> int: ...
+    @property
+    def exported(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def export_failed(self) -> int: ...
+
+
 class FingerprinterCounters(Protocol):
     """The fingerprint cache (``Fingerprinter``)."""
 
@@ -159,16 +177,30 @@ class _Buckets:
     def __init__(self) -> None:
         self._le: dict[tuple[float, ...], tuple[str, ...]] = {}
 
-    def cumulative(self, hist: Histogram) -> list[tuple[str, float]]:
+    def cumulative(
+        self, hist: Histogram
+    ) -> list[tuple[str, float] | tuple[str, float, PromExemplar]]:
         le = self._le.get(hist.bounds)
         if le is None:
             le = (*(_format_le(b) for b in hist.bounds), "+Inf")
             self._le[hist.bounds] = le
-        out: list[tuple[str, float]] = []
+        out: list[tuple[str, float] | tuple[str, float, PromExemplar]] = []
         total = 0
         for name, n in zip(le, hist.bucket_counts, strict=True):
             total += n
             out.append((name, total))
+        if hist.exemplars:
+            for i, ex in enumerate(hist.exemplars):
+                if ex is not None:
+                    out[i] = (
+                        out[i][0],
+                        out[i][1],
+                        PromExemplar(
+                            {"trace_id": ex.trace_id, "span_id": ex.span_id},
+                            ex.value_s,
+                            ex.timestamp_s,
+                        ),
+                    )
         return out
 
 
@@ -189,6 +221,7 @@ class DbproxyCollector(Collector):
         proxy: ProxyCounters | None = None,
         sink: SinkCounters | None = None,
         fingerprinter: FingerprinterCounters | None = None,
+        spans: SpanCounters | None = None,
         max_fingerprints: int | None = DEFAULT_MAX_FINGERPRINTS,
         metrics_tags: Sequence[str] = (),
         version: str = __version__,
@@ -199,6 +232,7 @@ class DbproxyCollector(Collector):
         self._proxy = proxy
         self._sink = sink
         self._fingerprinter = fingerprinter
+        self._spans = spans
         self._max_fingerprints = max_fingerprints
         self._tags = tuple(metrics_tags)
         self._version = version
@@ -451,6 +485,28 @@ class DbproxyCollector(Collector):
                 "dbproxy_fingerprint_parse_failures",
                 "Statements sqlglot could not parse (token-level analysis used instead).",
                 value=fs.parse_failures,
+            )
+        if self._spans is not None:
+            sp = self._spans
+            yield CounterMetricFamily(
+                "dbproxy_spans_created",
+                "Spans built from statements (sampled by trace context, ratio or slowness).",
+                value=sp.created,
+            )
+            yield CounterMetricFamily(
+                "dbproxy_spans_exported",
+                "Spans the OTLP exporter delivered.",
+                value=sp.exported,
+            )
+            yield CounterMetricFamily(
+                "dbproxy_spans_dropped",
+                "Spans dropped because the export queue was full (or after shutdown).",
+                value=sp.dropped,
+            )
+            yield CounterMetricFamily(
+                "dbproxy_spans_export_failed",
+                "Spans in export batches the OTLP exporter could not deliver.",
+                value=sp.export_failed,
             )
         build = GaugeMetricFamily(
             "dbproxy_build_info", "dbproxy build information.", labels=("version", "python")

@@ -41,6 +41,11 @@ What is counted
 * **Connections** per (database, user): ``current`` (open sessions), ``total`` opened
   and ``rejected`` during startup.  Sessions closed without a :class:`SessionOpened`
   (rejected, cancel requests) do not change ``current``.
+* **Exemplars**: a consumer that runs before the aggregator on the same batch (the span
+  builder in ``export/otel.py``) may pass :class:`StatementNote` s, keyed by the
+  statement's index in the batch.  A note's trace/span id becomes the exemplar of the
+  bucket the statement's duration fell in (the latest one wins); its fingerprint is used
+  instead of fingerprinting the text again.  The aggregator knows nothing of tracing.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import heapq
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, cast
 
@@ -58,6 +64,7 @@ from dbproxy.observe.stats import (
     QUERY_BUCKETS_S,
     TRANSACTION_BUCKETS_S,
     ConnectionStats,
+    Exemplar,
     Histogram,
     QueryStats,
     StatsSnapshot,
@@ -84,6 +91,7 @@ __all__ = [
     "OTHER_QUERY_TEXT",
     "UNKNOWN_STATEMENT_TEXT",
     "Aggregator",
+    "StatementNote",
 ]
 
 #: sqlcommenter keys counted per key; per-request ones (traceparent…) are left out.
@@ -113,6 +121,20 @@ def _placeholder(text: str, operation: str) -> Fingerprint:
         kind=QueryKind.OTHER,
         parse_ok=True,  # nothing failed to parse: there is no SQL
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StatementNote:
+    """What a consumer that ran earlier on the same batch learned about one statement.
+
+    ``fingerprint``: the statement's fingerprint from the same fingerprinter (statements
+    carrying a traceparent miss the exact cache, so this saves a second normalization);
+    ``trace_id``/``span_id``: lowercase hex ids of the span that timed it, or ``""``.
+    """
+
+    fingerprint: Fingerprint | None = None
+    trace_id: str = ""
+    span_id: str = ""
 
 
 _UNKNOWN_FP: Final = _placeholder(UNKNOWN_STATEMENT_TEXT, "UNKNOWN")
@@ -176,6 +198,7 @@ class _QueryRecord:
         "counts",
         "database",
         "errors",
+        "exemplars",
         "first_ns",
         "frozen",
         "frozen_calls",
@@ -211,6 +234,8 @@ class _QueryRecord:
         self.previous_ns = 0  # previous window
         self.apps: dict[str, int] = {}
         self.tags: dict[str, dict[str, int]] | None = None
+        # per bucket, the latest traced observation (allocated on the first one)
+        self.exemplars: list[Exemplar | None] | None = None
         # the last QueryStats made of this record, reused while ``calls`` and the
         # window generation are unchanged (an idle key costs nothing to snapshot)
         self.frozen: QueryStats | None = None
@@ -239,12 +264,22 @@ def _merge(group: list[_QueryRecord], database: str, user: str) -> _QueryRecord:
     if errors:
         other.errors = merge_counts(errors)
     other.apps = merge_counts(r.apps for r in group)
+    traced = [r.exemplars for r in group if r.exemplars]
+    if traced:
+        other.exemplars = [
+            max((e for e in column if e is not None), key=_exemplar_time, default=None)
+            for column in zip(*traced, strict=True)
+        ]
     tag_keys = sorted({k for r in group if r.tags for k in r.tags})
     if tag_keys:
         other.tags = {
             k: merge_counts(r.tags[k] for r in group if r.tags and k in r.tags) for k in tag_keys
         }
     return other
+
+
+def _exemplar_time(exemplar: Exemplar) -> float:
+    return exemplar.timestamp_s
 
 
 class _TransactionRecord:
@@ -323,9 +358,15 @@ class Aggregator:
         self._generation = 0  # bumped when the recent window rotates
 
     # ------------------------------------------------------------------ input
-    def consume(self, events: Iterable[Event]) -> None:
-        """Account for a batch of events (any order of sessions; per session in order)."""
+    def consume(
+        self, events: Iterable[Event], notes: Mapping[int, StatementNote] | None = None
+    ) -> None:
+        """Account for a batch of events (any order of sessions; per session in order).
+
+        ``notes`` maps the index of a statement event in ``events`` to what an earlier
+        consumer learned about it (see :class:`StatementNote`)."""
         self._rotate(self._clock())
+        note_of = notes.get if notes else None
         records = self._records
         fingerprint = self._fingerprinter.fingerprint
         bounds_ns = self._query_bounds_ns
@@ -340,7 +381,11 @@ class Aggregator:
             if cls is finished or cls is failed:
                 st: StatementEvent = ev  # type: ignore[assignment]  # checked just above
                 text = st.text
-                fp = fingerprint(text) if text else self._placeholder(st)
+                note = note_of(n - 1) if note_of is not None else None
+                if note is not None and note.fingerprint is not None:
+                    fp = note.fingerprint
+                else:
+                    fp = fingerprint(text) if text else self._placeholder(st)
                 rec = records.get((fp.id, st.database, st.user))
                 if rec is None:
                     rec = self._new_record(fp, st.database, st.user)
@@ -348,7 +393,8 @@ class Aggregator:
                 rec.calls += 1
                 rec.sum_ns += duration
                 rec.recent_ns += duration
-                rec.counts[bisect_left(bounds_ns, duration)] += 1
+                bucket = bisect_left(bounds_ns, duration)
+                rec.counts[bucket] += 1
                 if duration > rec.max_ns:  # noqa: PLR1730 - no call on the hot path
                     rec.max_ns = duration
                 if duration < rec.min_ns or rec.min_ns < 0:
@@ -360,6 +406,16 @@ class Aggregator:
                 end = start + st.end_ns - st.start_ns
                 if end > rec.last_ns:  # noqa: PLR1730 - as above
                     rec.last_ns = end
+                if note is not None and note.trace_id:
+                    exemplars = rec.exemplars
+                    if exemplars is None:
+                        exemplars = rec.exemplars = [None] * len(rec.counts)
+                    exemplars[bucket] = Exemplar(
+                        trace_id=note.trace_id,
+                        span_id=note.span_id,
+                        value_s=duration / _NS,
+                        timestamp_s=end / _NS,
+                    )
                 if st.rolled_back:
                     rec.rolled_back += 1
                 app = st.application_name
@@ -599,6 +655,7 @@ class Aggregator:
                 bucket_counts=tuple(rec.counts),
                 count=rec.calls,  # every call is observed once
                 sum_s=rec.sum_ns / _NS,
+                exemplars=tuple(rec.exemplars) if rec.exemplars else (),
             ),
             min_s=max(rec.min_ns, 0) / _NS,
             max_s=rec.max_ns / _NS,

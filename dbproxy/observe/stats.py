@@ -10,7 +10,9 @@ Conventions:
   ``<= bounds[i]`` and ``> bounds[i-1]``; the last element counts those above the last
   bound (the ``+Inf`` bucket), so ``len(bucket_counts) == len(bounds) + 1`` and
   ``sum(bucket_counts) == count``;
-* ``OTHER`` is the fingerprint id statements are folded into beyond a cardinality limit.
+* ``OTHER`` is the fingerprint id statements are folded into beyond a cardinality limit;
+* ``Histogram.exemplars`` is empty, or holds one optional :class:`Exemplar` per bucket
+  (the latest traced observation that fell in it), aligned with ``bucket_counts``.
 """
 
 from __future__ import annotations
@@ -44,11 +46,23 @@ TRANSACTION_BUCKETS_S: tuple[float, ...] = (*QUERY_BUCKETS_S, 60.0, 300.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Exemplar:
+    """One traced observation: the span that timed it (OpenMetrics exemplar)."""
+
+    trace_id: str  # 32 lowercase hex digits
+    span_id: str  # 16 lowercase hex digits
+    value_s: float  # the observed duration
+    timestamp_s: float  # when it was observed (statement end, Unix epoch seconds)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Histogram:
     bounds: tuple[float, ...]
     bucket_counts: tuple[int, ...]  # len(bounds) + 1, not cumulative
     count: int
     sum_s: float
+    #: empty, or len(bounds) + 1 entries: the latest traced observation of each bucket
+    exemplars: tuple[Exemplar | None, ...] = ()
 
     def quantile(self, q: float) -> float:
         """Estimate the q-quantile (0..1) by linear interpolation inside the bucket,
