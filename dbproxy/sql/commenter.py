@@ -2,7 +2,9 @@
 
 Format (https://google.github.io/sqlcommenter/spec/): a block comment holding
 comma-separated ``key='value'`` pairs, keys and values URL-encoded, ``'`` in values
-escaped as ``\\'``.  Usually the comment ends the statement; some frameworks (Rails with
+escaped as ``\\'`` (bare ``key=value`` tokens are accepted next to quoted ones:
+OpenTelemetry's Python instrumentation writes some numbers unquoted).  Usually the
+comment ends the statement; some frameworks (Rails with
 ``query_log_tags_prepend_comment``) put it first, so every comment is looked at.  Rails'
 legacy marginalia form ``/*application:App,controller:users,action:index*/`` is accepted
 too, but only when every key is one of the keys that format is known to use, so an
@@ -26,7 +28,11 @@ __all__ = ["MAX_TAGS", "MAX_TAG_LENGTH", "parse_sqlcommenter", "tags_from_commen
 MAX_TAGS: Final = 32
 MAX_TAG_LENGTH: Final = 512  # per key and per value, after decoding
 
-_PAIR = re.compile(r"\s*([^=,'\s]+)\s*=\s*'((?:[^'\\]|\\.)*)'\s*(?:,|\Z)", re.DOTALL)
+# Values are quoted per the spec; OpenTelemetry's Python DB-API commenter writes some
+# unquoted (``dbapi_threadsafety=2,libpq_version=170002``), so a bare token is accepted too.
+_PAIR = re.compile(
+    r"\s*([^=,'\s]+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^=,'\s]+))\s*(?:,|\Z)", re.DOTALL
+)
 _LEGACY_PAIR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*):([^,]*?)\s*(?:,|\Z)")
 _LEGACY_KEYS: Final = frozenset(
     [
@@ -57,7 +63,8 @@ def _sqlcommenter_pairs(body: str) -> list[tuple[str, str]] | None:
         if m is None:
             return None
         key = unquote(m.group(1))
-        value = unquote(m.group(2).replace("\\'", "'"))
+        quoted = m.group(2)
+        value = unquote(quoted.replace("\\'", "'") if quoted is not None else m.group(3))
         pairs.append((key, value))
         pos = m.end()
     return pairs

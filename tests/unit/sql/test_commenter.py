@@ -59,3 +59,17 @@ def test_later_comment_wins_and_bounds() -> None:
 
 def test_never_raises_on_bad_percent_encoding() -> None:
     assert parse_sqlcommenter("SELECT 1 /*a='%zz%',b='%E2%82'*/")["a"] == "%zz%"
+
+
+def test_unquoted_values_of_opentelemetry_python_instrumentation() -> None:
+    # what opentelemetry-instrumentation-psycopg (DB-API commenter) appends
+    sql = (
+        "SELECT 1 /*db_driver='psycopg%3A3.3.9',dbapi_level='2.0',dbapi_threadsafety=2,"
+        "driver_paramstyle='pyformat',libpq_version=180006,"
+        "traceparent='00-ff0f568d44b54cdbbf403f05cd859c2f-359f29212b4ae8e4-03'*/"
+    )
+    tags = parse_sqlcommenter(sql)
+    assert tags["traceparent"] == "00-ff0f568d44b54cdbbf403f05cd859c2f-359f29212b4ae8e4-03"
+    assert tags["db_driver"] == "psycopg:3.3.9"
+    assert tags["dbapi_threadsafety"] == "2"
+    assert parse_sqlcommenter("SELECT 1 /* a = b */") == {}
