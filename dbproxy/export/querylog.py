@@ -21,8 +21,9 @@ nothing raises into the App.
 ``trace_id`` / ``span_id`` come from the statement's sqlcommenter ``traceparent`` when its
 SQL text was sent with that execution (``text_in_batch``).  ``span_id`` is then the
 *application's* span (the traceparent's parent id), not a span of the proxy: the proxy's
-own span id is only known when tracing is on, and the tracing code may supply both ids
-through the ``span_ids`` hook instead.
+own span id is only known when tracing is on.  Then the App passes the tracing consumer's
+notes (``consume(events, notes)``) and a statement the proxy made a span for gets that
+span's ids; a ``span_ids(event)`` hook, if given, wins over both.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
@@ -44,6 +45,7 @@ from dbproxy.observe.aggregator import (
     ATTRIBUTION_TAGS,
     FUNCTION_CALL_TEXT,
     UNKNOWN_STATEMENT_TEXT,
+    StatementNote,
 )
 from dbproxy.protocol.events import (
     Event,
@@ -230,10 +232,17 @@ class QueryLog:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ consumer
-    def consume(self, events: Iterable[Event]) -> None:
-        """Turn a batch of events into lines and queue them.  Never raises."""
+    def consume(
+        self, events: Iterable[Event], notes: Mapping[int, StatementNote] | None = None
+    ) -> None:
+        """Turn a batch of events into lines and queue them.  Never raises.
+
+        ``notes`` (as for :meth:`Aggregator.consume`): what the tracing consumer learned
+        about the statement at that index of ``events`` — its fingerprint is reused, and
+        its span's ids, when it made one, become ``trace_id``/``span_id`` (``span_id``
+        is then the proxy's span, a child of the application's)."""
         try:
-            lines = self.format_lines(events)
+            lines = self.format_lines(events, notes)
         except Exception:  # defensive: a formatting bug must not cost the other consumers
             self.format_errors += 1
             log.debug("query log could not format a batch", exc_info=True)
@@ -241,22 +250,28 @@ class QueryLog:
         if lines:
             self._submit(lines)
 
-    def format_lines(self, events: Iterable[Event]) -> list[str]:
+    def format_lines(
+        self, events: Iterable[Event], notes: Mapping[int, StatementNote] | None = None
+    ) -> list[str]:
         """The lines for ``events`` (and per-session bookkeeping), without writing them."""
         lines: list[str] = []
         slow_ns = self._slow_ns
-        for ev in events:
+        note_of = notes.get if notes else None
+        for i, ev in enumerate(events):
             if isinstance(ev, StatementFinished):
                 self._learn_offset(ev)
                 if slow_ns is not None and ev.duration_ns >= slow_ns:
-                    lines.append(self._statement_line(ev, "slow_query", "warning"))
+                    note = note_of(i) if note_of else None
+                    lines.append(self._statement_line(ev, "slow_query", "warning", note))
             elif isinstance(ev, StatementFailed):
                 self._learn_offset(ev)
                 if self._log_errors:
-                    lines.append(self._statement_line(ev, "query_error", "error"))
+                    note = note_of(i) if note_of else None
+                    lines.append(self._statement_line(ev, "query_error", "error", note))
                 elif slow_ns is not None and ev.duration_ns >= slow_ns:
                     # e.g. a statement_timeout (57014): slow is what matters here
-                    lines.append(self._statement_line(ev, "slow_query", "warning"))
+                    note = note_of(i) if note_of else None
+                    lines.append(self._statement_line(ev, "slow_query", "warning", note))
             elif isinstance(ev, SessionOpened):
                 info = self._remember(ev)
                 if self._log_sessions:
@@ -272,9 +287,11 @@ class QueryLog:
         return lines
 
     # ------------------------------------------------------------------ lines
-    def _statement_line(self, ev: StatementEvent, event: str, level: str) -> str:
-        fp_id, text, summary, tags = self._describe(ev)
-        ids = self._trace_ids(ev, tags.get("traceparent"))
+    def _statement_line(
+        self, ev: StatementEvent, event: str, level: str, note: StatementNote | None
+    ) -> str:
+        fp_id, text, summary, tags = self._describe(ev, note)
+        ids = self._trace_ids(ev, note, tags.get("traceparent"))
         info = self._sessions.get(ev.session_id)
         end_epoch_ns = ev.start_epoch_ns + (ev.end_ns - ev.start_ns)
         record: dict[str, object] = {
@@ -363,10 +380,14 @@ class QueryLog:
         )
 
     # ------------------------------------------------------------------ helpers
-    def _describe(self, ev: StatementEvent) -> tuple[str, str, str, dict[str, str]]:
+    def _describe(
+        self, ev: StatementEvent, note: StatementNote | None
+    ) -> tuple[str, str, str, dict[str, str]]:
         """``(fingerprint id, normalized text, summary, tags)``, ids as the aggregator's."""
         if ev.text:
-            fp = self._fingerprinter.fingerprint(ev.text)
+            fp = note.fingerprint if note is not None else None
+            if fp is None:
+                fp = self._fingerprinter.fingerprint(ev.text)
             return fp.id, fp.text, fp.summary, dict(fp.tags)
         if ev.protocol == "function":
             oid = ev.function_oid
@@ -374,7 +395,9 @@ class QueryLog:
             return fingerprint_id(text), text, "FUNCTION CALL", {}
         return fingerprint_id(UNKNOWN_STATEMENT_TEXT), UNKNOWN_STATEMENT_TEXT, "UNKNOWN", {}
 
-    def _trace_ids(self, ev: StatementEvent, traceparent: str | None) -> tuple[str, str] | None:
+    def _trace_ids(
+        self, ev: StatementEvent, note: StatementNote | None, traceparent: str | None
+    ) -> tuple[str, str] | None:
         if self._span_ids is not None:
             try:
                 ids = self._span_ids(ev)
@@ -383,6 +406,8 @@ class QueryLog:
                 ids = None
             if ids is not None:
                 return ids
+        if note is not None and note.trace_id and note.span_id:
+            return note.trace_id, note.span_id  # the proxy's own span
         # A named statement run later carries its old Parse's comment: not this trace.
         if traceparent is None or not ev.text_in_batch:
             return None

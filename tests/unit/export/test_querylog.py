@@ -21,7 +21,7 @@ from dbproxy.export.querylog import (
     parse_traceparent,
     rfc3339_ms,
 )
-from dbproxy.observe.aggregator import Aggregator
+from dbproxy.observe.aggregator import Aggregator, StatementNote
 from dbproxy.protocol.events import Event, SessionClosed, SessionOpened, StatementEvent
 from dbproxy.protocol.session import Session
 from dbproxy.sql.cache import Fingerprinter
@@ -415,6 +415,23 @@ def test_span_ids_hook_wins_and_its_failure_falls_back() -> None:
     assert (first["trace_id"], first["span_id"]) == ("1" * 32, "2" * 16)
     assert "trace_id" not in again
     assert qlog.hook_errors == 1
+
+
+def test_tracing_notes_give_the_proxy_span_and_the_fingerprint() -> None:
+    events = play(named_statement_script())
+    first, again = (i for i, e in enumerate(events) if isinstance(e, StatementEvent))
+    marker = fingerprint("SELECT 'from the note'")  # proves the note's fingerprint is used
+    notes = {
+        first: StatementNote(marker, "c" * 32, "d" * 16),
+        again: StatementNote(None, "", ""),  # no span: nothing to add
+    }
+    out = io.StringIO()
+    new_log(out, log_slow_ms=100, log_sessions=False).consume(events, notes)
+    line_first, line_again = lines_of(out)
+    assert (line_first["trace_id"], line_first["span_id"]) == ("c" * 32, "d" * 16)
+    assert (line_first["fingerprint"], line_first["query"]) == (marker.id, "SELECT $1")
+    assert "trace_id" not in line_again
+    assert line_again["query"] == "SELECT * FROM users WHERE id = $1"
 
 
 def test_client_address_hook_failure_is_counted() -> None:
