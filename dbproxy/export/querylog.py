@@ -434,7 +434,7 @@ class QueryLog:
             user=ev.user,
             database=ev.database,
             application_name=ev.application_name,
-            client_addr=self._lookup_client(ev.session_id),
+            client_addr=ev.client_address or self._lookup_client(ev.session_id),
             opened_ns=ev.at_ns,
             epoch_offset_ns=offset,
         )

@@ -76,11 +76,13 @@ def test_psycopg_slow_query_sessions_and_rejection(logged: Logged) -> None:
     ]
     opened, slow, closed, rejected = records
     assert (opened["backend_pid"], opened["user"], opened["database"]) == (pid, user, database)
+    assert opened["client_addr"].startswith("127.0.0.1:")
     assert opened["application_name"] == "ql-psycopg"
 
     assert slow["level"] == "warning"
     assert (slow["trace_id"], slow["span_id"]) == (TRACE_ID, PARENT_ID)
     assert slow["backend_pid"] == pid and slow["session_id"] == opened["session_id"]
+    assert slow["client_addr"] == opened["client_addr"]
     assert 300 <= slow["duration_ms"] < 5_000
     assert slow["query"] == "SELECT pg_sleep($1), $2"
     assert slow["fingerprint"] == fingerprint("select pg_sleep(1), 'x'").id
