@@ -62,6 +62,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-fingerprints", metavar="N", help="fingerprints the aggregator keeps (10000)"
     )
     run.add_argument(
+        "--query-log",
+        metavar="TARGET",
+        help="JSON query log: off, - (stdout) or a file path, reopened on SIGHUP (off)",
+    )
+    run.add_argument(
+        "--log-slow-ms", metavar="MS", help="log statements at least this slow, or off (off)"
+    )
+    run.add_argument("--log-errors", metavar="on|off", help="log failed statements (on)")
+    run.add_argument(
+        "--log-sessions", metavar="on|off", help="log session open/close/rejection (on)"
+    )
+    run.add_argument(
         "--metrics-tags",
         metavar="TAGS",
         help="attribution tags exported per fingerprint, e.g. application,route (none)",
@@ -123,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         "metrics_max_fingerprints": args.metrics_max_fingerprints,
         "max_fingerprints": args.max_fingerprints,
         "metrics_tags": args.metrics_tags,
+        "query_log": args.query_log,
+        "log_slow_ms": args.log_slow_ms,
+        "log_errors": args.log_errors,
+        "log_sessions": args.log_sessions,
     }
     config = load_config(cli_values, environment(), args.config)
     _setup_logging(config.log_level)

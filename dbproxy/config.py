@@ -72,6 +72,14 @@ class ProxyConfig:
     metrics_tags: tuple[str, ...] = ()
     #: bearer token that enables POST /api/reset (environment or file only)
     api_token: str | None = field(default=None, repr=False)
+    #: JSON query log: "off", "-" (standard output) or a file path (appended, reopened on SIGHUP)
+    query_log: str = "off"
+    #: statements at least this slow (milliseconds) get a slow_query line; None: off
+    log_slow_ms: float | None = None
+    #: every failed statement gets a query_error line
+    log_errors: bool = True
+    #: session_opened / session_closed / session_rejected lines
+    log_sessions: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,31 @@ def _token(text: str) -> str:
     return text
 
 
+def _query_log(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError('must be "off", "-" (standard output) or a file path')
+    return "off" if value.lower() == "off" else value
+
+
+def _optional_ms(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError("must be >= 0 milliseconds, or off")
+    return value
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be on or off (true/false)")
+
+
 _SETTINGS = (
     _Setting("listen", "DBPROXY_LISTEN", parse_address),
     _Setting("upstream", "DBPROXY_UPSTREAM", parse_address),
@@ -129,6 +162,10 @@ _SETTINGS = (
     _Setting("max_fingerprints", "DBPROXY_MAX_FINGERPRINTS", _positive_int),
     _Setting("metrics_tags", "DBPROXY_METRICS_TAGS", _tag_list),
     _Setting("api_token", "DBPROXY_API_TOKEN", _token),
+    _Setting("query_log", "DBPROXY_QUERY_LOG", _query_log),
+    _Setting("log_slow_ms", "DBPROXY_LOG_SLOW_MS", _optional_ms),
+    _Setting("log_errors", "DBPROXY_LOG_ERRORS", _bool),
+    _Setting("log_sessions", "DBPROXY_LOG_SESSIONS", _bool),
 )
 CONFIG_ENV = "DBPROXY_CONFIG"
 
