@@ -2,7 +2,9 @@
 owns their lifecycle. Nothing else constructs these objects or reads the configuration.
 
     data path:  ProxyServer ──events──▶ QueueSink (bounded, counts drops)
-    off path:   drain task (every DRAIN_INTERVAL_S) ──▶ Aggregator (fingerprints, stats)
+    off path:   drain task (every DRAIN_INTERVAL_S):
+                  1. Tracing (spans, when configured) ──notes (fingerprint, span ids)──▶
+                  2. Aggregator (stats, exemplars) and QueryLog (JSON lines, own thread)
     scrape:     HttpServer ── /metrics ─▶ DbproxyCollector ─▶ Aggregator.snapshot()
                            ── /api/…   ─▶ api.py           ─▶ Aggregator.snapshot()
 """
@@ -21,8 +23,10 @@ from prometheus_client import CollectorRegistry
 from dbproxy.config import ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.export.http import HttpServer, export_routes
+from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
 from dbproxy.export.prometheus import DbproxyCollector
-from dbproxy.observe.aggregator import Aggregator
+from dbproxy.export.querylog import QueryLog, open_query_log
+from dbproxy.observe.aggregator import Aggregator, StatementNote
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import Event
 from dbproxy.proxy.server import ProxyServer
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 DRAIN_INTERVAL_S = 0.1
 
 Consumer = Callable[[list[Event]], None]
+NoteConsumer = Callable[[list[Event], "dict[int, StatementNote] | None"], None]
 
 
 class App:
@@ -45,6 +50,36 @@ class App:
             fingerprinter=self.fingerprinter, max_fingerprints=config.max_fingerprints
         )
         self.proxy = ProxyServer(config, self.sink)
+        self.tracing: Tracing | None = build_tracing(
+            TracingSettings(
+                trace=config.trace,
+                otlp_endpoint=config.otlp_endpoint,
+                otlp_protocol=config.otlp_protocol,
+                service_name=config.service_name,
+                untraced_ratio=config.trace_untraced_ratio,
+                slow_ms=config.trace_slow_ms,
+                proxy_span=config.trace_proxy_span,
+                record_rows=config.trace_rows,
+                queue_size=config.trace_queue_size,
+            ),
+            config.otel_env,
+            fingerprinter=self.fingerprinter,
+            upstream_host=config.upstream.host,
+            upstream_port=config.upstream.port,
+        )
+        try:
+            self.query_log: QueryLog | None = open_query_log(
+                config.query_log,
+                fingerprinter=self.fingerprinter,
+                log_slow_ms=config.log_slow_ms,
+                log_errors=config.log_errors,
+                log_sessions=config.log_sessions,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"cannot open query log {config.query_log} (--query-log): {reason}"
+            ) from None
         self.registry = CollectorRegistry()
         self.collector = DbproxyCollector(
             self.aggregator,
@@ -53,6 +88,8 @@ class App:
             fingerprinter=self.fingerprinter,
             max_fingerprints=config.metrics_max_fingerprints,
             metrics_tags=config.metrics_tags,
+            spans=self.tracing.counts if self.tracing is not None else None,
+            query_log=self.query_log,
         )
         self.registry.register(self.collector)
         self.http = HttpServer(
@@ -66,7 +103,11 @@ class App:
                 api_token=config.api_token,
             ),
         )
-        self._consumers: list[Consumer] = [self.aggregator.consume, *consumers]
+        # consumers that take the tracing notes, then plain ones (tests' recorders)
+        self._note_consumers: list[NoteConsumer] = [self.aggregator.consume]
+        if self.query_log is not None:
+            self._note_consumers.append(self.query_log.consume)
+        self._consumers: list[Consumer] = list(consumers)
         self.consumer_errors = 0
         self._stopping = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -81,22 +122,39 @@ class App:
             listen = self.config.http_listen
             raise ConfigError(f"cannot listen on {listen} (--http-listen): {reason}") from None
         log.info("dbproxy serving /metrics, /api and health checks on http://%s", self.http.address)
+        if self.tracing is not None:
+            log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
 
     def drain_now(self) -> int:
         """Hand everything in the sink to the consumers; returns how many events."""
         events = self.sink.drain()
-        if events:
-            for consume in self._consumers:
-                try:
-                    consume(events)
-                except Exception:
-                    # Observation failures are counted (dbproxy_observer_errors_total)
-                    # and logged, never fatal.
-                    self.consumer_errors += 1
-                    self.proxy.stats.observer_errors += 1
-                    log.exception("event consumer failed on a batch of %d events", len(events))
+        if not events:
+            return 0
+        notes: dict[int, StatementNote] | None = None
+        if self.tracing is not None:  # first: its notes carry span ids for exemplars
+            try:
+                notes = self.tracing.consume(events)
+            except Exception:
+                self._consumer_failed("tracing", len(events))
+        for consume in self._note_consumers:
+            try:
+                consume(events, notes)
+            except Exception:
+                self._consumer_failed(getattr(consume, "__qualname__", "consumer"), len(events))
+        for plain in self._consumers:
+            try:
+                plain(events)
+            except Exception:
+                self._consumer_failed(getattr(plain, "__qualname__", "consumer"), len(events))
         return len(events)
+
+    def _consumer_failed(self, name: str, batch: int) -> None:
+        # Observation failures are counted (dbproxy_observer_errors_total) and logged,
+        # never fatal: the proxy keeps relaying.
+        self.consumer_errors += 1
+        self.proxy.stats.observer_errors += 1
+        log.exception("%s failed on a batch of %d events", name, batch)
 
     async def _drain_forever(self) -> None:
         while True:
@@ -113,6 +171,10 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain_task
         self.drain_now()
+        if self.tracing is not None:  # exports what is queued; blocks, so off the loop
+            await asyncio.to_thread(self.tracing.shutdown)
+        if self.query_log is not None:  # writes what the last drain queued
+            await asyncio.to_thread(self.query_log.close, 5.0)
         await self.http.close()
 
     async def run_until_stopped(self) -> None:
@@ -126,6 +188,8 @@ async def serve(config: ProxyConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
+    if app.query_log is not None:
+        loop.add_signal_handler(signal.SIGHUP, app.query_log.reopen)  # after logrotate
     await app.run_until_stopped()
     log.info("dbproxy stopped")
 

@@ -74,6 +74,34 @@ def _build_parser() -> argparse.ArgumentParser:
         "--log-sessions", metavar="on|off", help="log session open/close/rejection (on)"
     )
     run.add_argument(
+        "--trace",
+        action="store_const",
+        const="true",
+        help="export statement spans over OTLP (also on with an endpoint or OTEL_EXPORTER_OTLP_*)",
+    )
+    run.add_argument("--otlp-endpoint", metavar="URL", help="OTLP endpoint for spans")
+    run.add_argument("--otlp-protocol", metavar="P", help="http/protobuf (default) or grpc")
+    run.add_argument(
+        "--trace-untraced-ratio",
+        metavar="R",
+        help="fraction of statements without trace context that get a root span (0)",
+    )
+    run.add_argument(
+        "--trace-slow-ms", metavar="MS", help="always trace statements this slow (off)"
+    )
+    run.add_argument(
+        "--proxy-span",
+        action="store_const",
+        const="true",
+        help="add a SERVER span for the hop through the proxy",
+    )
+    run.add_argument(
+        "--trace-rows",
+        action="store_const",
+        const="true",
+        help="record db.response.returned_rows on spans",
+    )
+    run.add_argument(
         "--metrics-tags",
         metavar="TAGS",
         help="attribution tags exported per fingerprint, e.g. application,route (none)",
@@ -139,6 +167,13 @@ def _run(args: argparse.Namespace) -> int:
         "log_slow_ms": args.log_slow_ms,
         "log_errors": args.log_errors,
         "log_sessions": args.log_sessions,
+        "trace": args.trace,
+        "otlp_endpoint": args.otlp_endpoint,
+        "otlp_protocol": args.otlp_protocol,
+        "trace_untraced_ratio": args.trace_untraced_ratio,
+        "trace_slow_ms": args.trace_slow_ms,
+        "trace_proxy_span": args.proxy_span,
+        "trace_rows": args.trace_rows,
     }
     config = load_config(cli_values, environment(), args.config)
     _setup_logging(config.log_level)

@@ -80,6 +80,23 @@ class ProxyConfig:
     log_errors: bool = True
     #: session_opened / session_closed / session_rejected lines
     log_sessions: bool = True
+    #: tracing: on with --trace, an endpoint, or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT
+    trace: bool = False
+    otlp_endpoint: str | None = None
+    otlp_protocol: str | None = None  # http/protobuf | grpc (else OTEL_*_PROTOCOL)
+    service_name: str | None = None  # else OTEL_SERVICE_NAME, else "dbproxy"
+    #: fraction of statements without trace context that get a root span (default 0)
+    trace_untraced_ratio: float | None = None
+    #: statements at least this slow get a span even under an unsampled parent
+    trace_slow_ms: float | None = None
+    #: a SERVER span for the hop through the proxy, parent of the database span
+    trace_proxy_span: bool = False
+    #: opt-in db.response.returned_rows
+    trace_rows: bool = False
+    #: bounded span export queue (else OTEL_BSP_MAX_QUEUE_SIZE, else 2048)
+    trace_queue_size: int | None = None
+    #: the standard OTEL_* variables, handed to the exporter explicitly
+    otel_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +166,33 @@ def _bool(text: str) -> bool:
     raise ValueError("must be on or off (true/false)")
 
 
+def _endpoint(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _otlp_protocol(text: str) -> str:
+    value = text.strip()
+    if value not in ("http/protobuf", "grpc"):
+        raise ValueError("must be http/protobuf or grpc")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 _SETTINGS = (
     _Setting("listen", "DBPROXY_LISTEN", parse_address),
     _Setting("upstream", "DBPROXY_UPSTREAM", parse_address),
@@ -166,6 +210,15 @@ _SETTINGS = (
     _Setting("log_slow_ms", "DBPROXY_LOG_SLOW_MS", _optional_ms),
     _Setting("log_errors", "DBPROXY_LOG_ERRORS", _bool),
     _Setting("log_sessions", "DBPROXY_LOG_SESSIONS", _bool),
+    _Setting("trace", "DBPROXY_TRACE", _bool),
+    _Setting("otlp_endpoint", "DBPROXY_OTLP_ENDPOINT", _endpoint),
+    _Setting("otlp_protocol", "DBPROXY_OTLP_PROTOCOL", _otlp_protocol),
+    _Setting("service_name", "DBPROXY_SERVICE_NAME", _nonempty),
+    _Setting("trace_untraced_ratio", "DBPROXY_TRACE_UNTRACED_RATIO", _ratio),
+    _Setting("trace_slow_ms", "DBPROXY_TRACE_SLOW_MS", _optional_ms),
+    _Setting("trace_proxy_span", "DBPROXY_TRACE_PROXY_SPAN", _bool),
+    _Setting("trace_rows", "DBPROXY_TRACE_ROWS", _bool),
+    _Setting("trace_queue_size", "DBPROXY_TRACE_QUEUE_SIZE", _positive_int),
 )
 CONFIG_ENV = "DBPROXY_CONFIG"
 
@@ -210,6 +263,7 @@ def load_config(
             shown = "(hidden)" if setting.name == "api_token" else repr(raw)
             raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
+    values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
     return ProxyConfig(**values)  # type: ignore[arg-type]
 
 

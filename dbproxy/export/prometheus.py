@@ -154,6 +154,17 @@ class SpanCounters(Protocol):
     def export_failed(self) -> int: ...
 
 
+class QueryLogCounters(Protocol):
+    """The JSON query log's writer (``QueryLog``)."""
+
+    @property
+    def lines_written(self) -> int: ...
+    @property
+    def lines_dropped(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+
+
 class FingerprinterCounters(Protocol):
     """The fingerprint cache (``Fingerprinter``)."""
 
@@ -222,6 +233,7 @@ class DbproxyCollector(Collector):
         sink: SinkCounters | None = None,
         fingerprinter: FingerprinterCounters | None = None,
         spans: SpanCounters | None = None,
+        query_log: QueryLogCounters | None = None,
         max_fingerprints: int | None = DEFAULT_MAX_FINGERPRINTS,
         metrics_tags: Sequence[str] = (),
         version: str = __version__,
@@ -233,6 +245,7 @@ class DbproxyCollector(Collector):
         self._sink = sink
         self._fingerprinter = fingerprinter
         self._spans = spans
+        self._query_log = query_log
         self._max_fingerprints = max_fingerprints
         self._tags = tuple(metrics_tags)
         self._version = version
@@ -507,6 +520,21 @@ class DbproxyCollector(Collector):
                 "dbproxy_spans_export_failed",
                 "Spans in export batches the OTLP exporter could not deliver.",
                 value=sp.export_failed,
+            )
+        if self._query_log is not None:
+            ql = self._query_log
+            yield CounterMetricFamily(
+                "dbproxy_query_log_lines", "JSON query log lines written.", value=ql.lines_written
+            )
+            yield CounterMetricFamily(
+                "dbproxy_query_log_lines_dropped",
+                "JSON query log lines dropped (writer queue full, or the log closed).",
+                value=ql.lines_dropped,
+            )
+            yield CounterMetricFamily(
+                "dbproxy_query_log_write_errors",
+                "Writes to the JSON query log that failed (disk full, closed pipe).",
+                value=ql.write_errors,
             )
         build = GaugeMetricFamily(
             "dbproxy_build_info", "dbproxy build information.", labels=("version", "python")

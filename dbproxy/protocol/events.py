@@ -96,9 +96,10 @@ class StatementEvent:
     rolled_back: bool
     #: inside an explicit transaction block (BEGIN … COMMIT)
     in_transaction: bool
-    #: the SQL text was sent with this execution (a simple Query, or a Parse since the
-    #: last Sync): only then does its sqlcommenter traceparent describe this execution;
-    #: a named statement executed later carries its old Parse text and comment
+    #: the SQL text was sent with this execution (a simple Query, or a Parse whose first
+    #: Bind followed within 100 ms — and the other Binds before that Bind's Sync): only
+    #: then does its sqlcommenter traceparent describe this execution; a named statement
+    #: executed later carries its old Parse text and comment
     text_in_batch: bool = True
 
 

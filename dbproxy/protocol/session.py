@@ -94,6 +94,13 @@ _SAVEPOINT_ROLLBACK: Final = re.compile(
 _CHAIN: Final = re.compile(r"\bAND\s+(NO\s+)?CHAIN\b", re.IGNORECASE)
 _FORGET_PREPARED: Final = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 _MAX_BATCH: Final = 10_000  # statements held for their transaction's outcome
+# The SQL text of a Parse describes the executions bound soon after it, in the batch of
+# the first Bind: drivers prepare and execute one request back to back (asyncpg: Parse/
+# Describe/Flush, then Bind/Execute/Sync; psycopg: Parse/Sync, then Bind/Execute/Sync).
+# A first Bind later than this is a statement prepared earlier and reused.
+_FRESH_BIND_NS: Final = 100_000_000
+_UNDECIDED: Final = -1
+_STALE: Final = -2
 _PARSE_CACHE_SIZE: Final = 256  # distinct Parse messages remembered per session
 _PARSE_CACHE_MAX_BODY: Final = 4096  # … of at most this size (≤ 1 MiB per session)
 _UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
@@ -104,12 +111,15 @@ _TAGS: dict[bytes, tuple[str, int | None]] = {}
 
 
 class _Prepared:
-    __slots__ = ("param_type_oids", "parsed_in", "text")
+    __slots__ = ("fresh_batch", "param_type_oids", "parsed_ns", "text")
 
     def __init__(self, text: str, param_type_oids: tuple[int, ...]) -> None:
         self.text = text
         self.param_type_oids = param_type_oids
-        self.parsed_in = -1  # the client's Sync count when the Parse was sent
+        self.parsed_ns = 0  # when the Parse was sent
+        # The batch (client Sync count) whose executions the Parse text belongs to:
+        # decided at the first Bind; _UNDECIDED until then, _STALE if that Bind came late.
+        self.fresh_batch = _UNDECIDED
 
 
 class _Run:
@@ -352,7 +362,11 @@ class Session:
                 portal_name=portal_name,
                 param_type_oids=prepared.param_type_oids if prepared else (),
             )
-            run.text_in_batch = prepared is not None and prepared.parsed_in == self._syncs_sent
+            if prepared is not None:
+                if prepared.fresh_batch == _UNDECIDED:
+                    in_time = now - prepared.parsed_ns <= _FRESH_BIND_NS
+                    prepared.fresh_batch = self._syncs_sent if in_time else _STALE
+                run.text_in_batch = prepared.fresh_batch == self._syncs_sent
             replaced = self._portals.get(portal_name)
             if replaced is not None and self._suspended:
                 self._finish_suspended(replaced)
@@ -374,7 +388,8 @@ class Session:
                         self._parse_cache.clear()
                     self._parse_cache[body] = cached
             parse, prepared = cached
-            prepared.parsed_in = self._syncs_sent
+            prepared.parsed_ns = now
+            prepared.fresh_batch = _UNDECIDED
             self._prepared[parse.name] = prepared
             self._start_group(now)
             self._pending.append(_Pending(_PARSE, parse, now))

@@ -45,14 +45,31 @@ class Logged:
 @pytest.fixture
 def logged(pg_server: PgServer, tmp_path: Path) -> Iterator[Logged]:
     path = tmp_path / "queries.log"
-    qlog = QueryLog(path, log_slow_ms=100)
-    proxy = start_proxy(pg_server, consumers=[qlog.consume])
+    # configured as a user would (--query-log PATH --log-slow-ms 100): the App's wiring
+    proxy = start_proxy(pg_server, query_log=str(path), log_slow_ms=100.0)
+    qlog = proxy.app.query_log
+    assert qlog is not None
     try:
         yield Logged(proxy, qlog, path)
     finally:
-        proxy.stop()
-        assert qlog.close()
+        proxy.stop()  # the App closes the log
     assert (qlog.write_errors, qlog.lines_dropped, qlog.format_errors) == (0, 0, 0)
+
+
+def test_query_log_counters_are_exported(logged: Logged) -> None:
+    import urllib.request
+
+    with (
+        psycopg.connect(logged.proxy.dsn(), sslmode="disable", autocommit=True) as conn,
+        pytest.raises(psycopg.errors.DivisionByZero),
+    ):
+        conn.execute("select 1/0")
+    lines = logged.lines()
+    assert any(r["event"] == "query_error" for r in lines)
+    with urllib.request.urlopen(f"{logged.proxy.http_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    written = [ln for ln in text.splitlines() if ln.startswith("dbproxy_query_log_lines_total ")]
+    assert written and float(written[0].split()[1]) == len(lines)
 
 
 def test_psycopg_slow_query_sessions_and_rejection(logged: Logged) -> None:

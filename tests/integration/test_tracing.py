@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
-from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
+from dbproxy.export.otel import Tracing
 from dbproxy.pgcluster import PgServer
 from dbproxy.protocol.events import Event, StatementFinished
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
@@ -148,45 +148,26 @@ class TracedProxy:
         return self.proxy.collect()
 
 
-def attach(proxy: RunningProxy, tracing: Tracing) -> None:
-    """What the App's wiring does: spans first, then the aggregator with their notes."""
-    app = proxy.app
-
-    def traced_consume(events: list[Event]) -> None:
-        notes = tracing.consume(events)
-        app.aggregator.consume(events, notes)
-
-    def install() -> None:
-        assert app._consumers[0] == app.aggregator.consume
-        app._consumers[0] = traced_consume
-        app.collector._spans = tracing.counts
-
-    proxy.call(install)
-
-
 @pytest.fixture
 def traced_factory(pg_server: PgServer, receiver: OtlpReceiver) -> Iterator[Any]:
     started: list[TracedProxy] = []
 
     def make(**settings: Any) -> TracedProxy:
-        proxy = start_proxy(pg_server)
-        tracing = build_tracing(
-            TracingSettings(**settings),
-            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.url}/v1/traces"},
-            fingerprinter=proxy.app.fingerprinter,
-            upstream_host=pg_server.host,
-            upstream_port=pg_server.port,
+        # the App's own wiring, configured as a user would: dbproxy settings + OTEL_* env
+        proxy = start_proxy(
+            pg_server,
+            otel_env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.url}/v1/traces"},
+            **settings,
         )
+        tracing = proxy.app.tracing
         assert tracing is not None
-        attach(proxy, tracing)
         traced = TracedProxy(proxy, tracing, receiver)
         started.append(traced)
         return traced
 
     yield make
     for traced in started:
-        traced.proxy.stop()
-        traced.tracing.shutdown()
+        traced.proxy.stop()  # the App shuts its tracer provider down
 
 
 @pytest.fixture
@@ -294,11 +275,6 @@ async def test_asyncpg_comment_at_the_end_and_at_the_start(traced: TracedProxy) 
     assert {(s.trace_id, s.parent_span_id) for s in spans} == {(HAND_TRACE, HAND_PARENT)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="asyncpg prepares with Parse/Describe/Flush (no Sync), so its later Bind looks "
-    "like the same batch to the session: text_in_batch needs a protocol-side rule",
-)
 async def test_asyncpg_named_statement_executed_later_is_not_parented(
     traced: TracedProxy,
 ) -> None:
@@ -351,7 +327,7 @@ def test_unsampled_parent_and_no_context_give_no_span(traced: TracedProxy) -> No
 
 
 def test_slow_statement_under_an_unsampled_parent_gets_a_span(traced_factory: Any) -> None:
-    traced: TracedProxy = traced_factory(slow_ms=100)
+    traced: TracedProxy = traced_factory(trace_slow_ms=100.0)
     with psycopg.connect(traced.proxy.dsn(), autocommit=True) as conn:
         conn.execute(f"SELECT pg_sleep(0.15) {comment(sampled=False)}")
         conn.execute(f"SELECT 1 {comment(sampled=False)}")
@@ -395,7 +371,7 @@ def test_errors_carry_the_sqlstate_and_never_the_values(traced: TracedProxy) -> 
 
 
 def test_proxy_span_wraps_the_client_span(traced_factory: Any) -> None:
-    traced: TracedProxy = traced_factory(proxy_span=True)
+    traced: TracedProxy = traced_factory(trace_proxy_span=True)
     with psycopg.connect(traced.proxy.dsn(), autocommit=True) as conn:
         conn.execute(f"SELECT 1 {comment()}")
     spans = db_spans(traced.spans())

@@ -248,3 +248,44 @@ def test_text_in_batch_tells_fresh_sql_from_an_old_prepared_statement() -> None:
         (True, True),
         (True, False),
     ]
+
+
+def test_text_in_batch_for_flush_prepared_statements_depends_on_the_first_bind() -> None:
+    # asyncpg prepares with Parse/Describe/Flush (no Sync) both for conn.fetch() — Bind
+    # follows at once — and for conn.prepare() whose statement may run much later.
+    ms = 1_000_000
+
+    def prepare(name: str, t: int) -> list[tuple[str, bytes, int]]:
+        return [
+            ("c", w.parse(f"SELECT {name}", name=name) + w.describe("S", name) + w.flush(), t),
+            ("s", w.parse_complete() + w.parameter_description() + w.row_description("a"), t + 1),
+        ]
+
+    def run(name: str, t: int) -> list[tuple[str, bytes, int]]:
+        return [
+            ("c", w.bind(name) + w.execute() + w.bind(name) + w.execute() + w.sync(), t),
+            (
+                "s",
+                (w.bind_complete() + w.data_row(b"1") + w.command_complete("SELECT 1")) * 2,
+                t + 1,
+            ),
+            ("s", w.ready(), t + 2),
+        ]
+
+    script: Script = [
+        *login(),
+        *prepare("now", 10 * ms),
+        *run("now", 12 * ms),  # bound 2 ms after its Parse: the same request
+        *run("now", 500 * ms),  # a later request
+        *prepare("later", 600 * ms),
+        *run("later", 900 * ms),  # first bound 300 ms after its Parse: reused later
+    ]
+    stmts = statements(play(script))
+    assert [(s.text, s.text_in_batch) for s in stmts] == [
+        ("SELECT now", True),
+        ("SELECT now", True),
+        ("SELECT now", False),
+        ("SELECT now", False),
+        ("SELECT later", False),
+        ("SELECT later", False),
+    ]
