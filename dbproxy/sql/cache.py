@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
+from dbproxy.sql.commenter import tags_from_comments
 from dbproxy.sql.fingerprint import (
     Fingerprint,
+    Tags,
     analyze_normalized,
     build,
     normalize,
@@ -65,6 +67,37 @@ class FingerprinterStats:
     shape_size: int
     exact_capacity: int
     shape_capacity: int
+
+
+def _split_trace_comment(sql: str) -> tuple[str, str, bool] | None:
+    """``(statement without it, the comment, trailing?)`` when ``sql`` ends (before an
+    optional ``;``) or starts with one plain ``/*…*/`` comment carrying a traceparent."""
+    if "traceparent" not in sql:
+        return None
+    text = sql.strip()
+    suffix = ""
+    if text.endswith(";"):
+        text, suffix = text[:-1].rstrip(), ";"
+    if text.endswith("*/"):
+        start = text.rfind("/*")
+        comment = text[start:]
+        core = text[:start].rstrip()
+        # not when the "comment" sits inside a trailing -- line comment
+        if (
+            start > 0
+            and core
+            and comment.count("/*") == 1
+            and "traceparent" in comment
+            and "--" not in core.rsplit("\n", 1)[-1]
+        ):
+            return core + suffix, comment, True
+    if text.startswith("/*"):
+        end = text.find("*/")
+        comment = text[: end + 2]
+        core = text[end + 2 :].lstrip()
+        if end > 0 and core and comment.count("/*") == 1 and "traceparent" in comment:
+            return core + suffix, comment, False
+    return None
 
 
 class Fingerprinter:
@@ -120,6 +153,20 @@ class Fingerprinter:
             exact.move_to_end(sql)
             self._exact_hits += 1
             return hit
+        # A traceparent is new on every execution: look the statement up without its
+        # sqlcommenter comment, then add that comment's tags (the id ignores comments).
+        split = _split_trace_comment(sql)
+        if split is not None:
+            core, comment, trailing = split
+            core_fp = self.fingerprint(core)
+            if trailing:
+                tags = tags_from_comments((comment,), core_fp.tags)
+            elif not core_fp.tags:
+                tags = tags_from_comments((comment,))
+            else:
+                tags = None  # a leading comment before others: merge order needs them all
+            if tags is not None:
+                return replace(core_fp, tags=Tags(tags)) if tags else core_fp
         self._exact_misses += 1
 
         started = time.perf_counter_ns()

@@ -17,7 +17,7 @@ length) because they are attacker-controlled input.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import unquote
 
@@ -98,9 +98,15 @@ def _comment_tags(comment: str) -> list[tuple[str, str]]:
     return pairs or []
 
 
-def tags_from_comments(comments: Iterable[str]) -> dict[str, str]:
-    """Merge the tags of every sqlcommenter comment, later comments winning."""
-    tags: dict[str, str] = {}
+def tags_from_comments(
+    comments: Iterable[str], initial: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Merge the tags of every sqlcommenter comment, later comments winning.
+
+    ``initial`` holds the tags of comments that came before (as this function returned
+    them), so ``tags_from_comments(b, tags_from_comments(a)) == tags_from_comments(a + b)``.
+    """
+    tags: dict[str, str] = dict(initial) if initial else {}
     for comment in comments:
         for key, value in _comment_tags(comment):
             if not key or len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
