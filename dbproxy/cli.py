@@ -108,6 +108,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser(
+        "demo",
+        help="try it: throwaway PostgreSQL + proxy + workload + web UI",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    sub.add_parser(
+        "top",
+        help="terminal view of a running proxy's top queries",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    sub.add_parser(
         "fingerprint",
         help="print the fingerprint of SQL statements",
         add_help=False,
@@ -130,6 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dbproxy.fingerprint_cmd import main as fingerprint_main
 
         return fingerprint_main(args_list[1:], sys.stdin, sys.stdout)
+    if args_list[:1] == ["demo"]:
+        from dbproxy.demo import main as demo_main
+
+        return demo_main(args_list[1:])
+    if args_list[:1] == ["top"]:
+        from dbproxy.top import main as top_main
+
+        return top_main(args_list[1:])
 
     parser = _build_parser()
     args = parser.parse_args(args_list)
