@@ -185,7 +185,8 @@ class Fetcher:
             with self._opener.open(request, timeout=self.timeout) as response:
                 body = response.read(MAX_BODY)
         except HTTPError as exc:
-            raise TopError(f"{self.base_url}: HTTP {exc.code}{_api_error(exc)}") from None
+            hint = "; is it dbproxy's --http-listen?" if exc.code == 404 else ""
+            raise TopError(f"{self.base_url}: HTTP {exc.code}{_api_error(exc)}{hint}") from None
         except URLError as exc:
             raise TopError(f"cannot reach {self.base_url}: {_reason(exc.reason)}") from None
         except TimeoutError:
@@ -804,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dbproxy top",
         description=(
             "Terminal view of a running dbproxy's top queries (polls its /api/queries). "
-            f"Keys: {KEY_HELP}."
+            "Keys: t/c/m/p/r/e sort by total time, calls, mean, p95, rows, errors; q quits."
         ),
     )
     parser.add_argument(
