@@ -40,6 +40,7 @@ from urllib.parse import urlencode, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
 from dbproxy import __version__
+from dbproxy.config import environment
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -810,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get("DBPROXY_TOP_URL", DEFAULT_URL),
+        default=environment().get("DBPROXY_TOP_URL", DEFAULT_URL),
         help=f"the proxy's HTTP server, its --http-listen (DBPROXY_TOP_URL, {DEFAULT_URL})",
     )
     parser.add_argument(
