@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from dbproxy.observe.stats import QueryStats, StatsSnapshot
+from dbproxy.observe.stats import Histogram, QueryStats, StatsSnapshot
 
 
 class SnapshotSource(Protocol):
@@ -56,7 +56,9 @@ _SORT_KEYS: dict[str, Callable[[QueryStats], float]] = {
     "calls": lambda q: float(q.calls),
     "mean": lambda q: q.mean_s,
     "p95": lambda q: _finite_or(q.duration.quantile(0.95), -math.inf),
+    "p99": lambda q: _finite_or(q.duration.quantile(0.99), -math.inf),
     "rows": lambda q: float(q.rows),
+    "rows_per_call": lambda q: q.rows / q.calls if q.calls else -math.inf,
     "errors": lambda q: float(q.error_count),
 }
 SORT_KEYS: tuple[str, ...] = tuple(_SORT_KEYS)
@@ -137,10 +139,32 @@ def _values(pairs: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
     return [{"value": value, "calls": calls} for value, calls in pairs]
 
 
-def query_row(q: QueryStats) -> dict[str, Any]:
-    """One (fingerprint, database, user) as a JSON object."""
-    hist = q.duration
+def histogram_json(hist: Histogram) -> dict[str, Any]:
+    """Bucket counts (not cumulative; the last is above the last bound) and, per bucket,
+    the latest traced observation or ``None``."""
+    exemplars = hist.exemplars or (None,) * len(hist.bucket_counts)
     return {
+        "bounds_ms": [round(b * 1000.0, 3) for b in hist.bounds],
+        "counts": list(hist.bucket_counts),
+        "exemplars": [
+            None
+            if e is None
+            else {
+                "trace_id": e.trace_id,
+                "span_id": e.span_id,
+                "value_ms": _ms(e.value_s),
+                "at": iso_utc(e.timestamp_s),
+            }
+            for e in exemplars
+        ],
+    }
+
+
+def query_row(q: QueryStats, *, histogram: bool = False) -> dict[str, Any]:
+    """One (fingerprint, database, user) as a JSON object; ``histogram`` adds the latency
+    buckets and exemplars (``/api/queries/{fingerprint}`` only: lists stay small)."""
+    hist = q.duration
+    row: dict[str, Any] = {
         "fingerprint": q.fingerprint,
         "query": q.query,
         "summary": q.summary,
@@ -167,6 +191,9 @@ def query_row(q: QueryStats) -> dict[str, Any]:
         "applications": _values(q.applications),
         "tags": {name: _values(pairs) for name, pairs in sorted(q.tags.items())},
     }
+    if histogram:
+        row["histogram"] = histogram_json(hist)
+    return row
 
 
 def _sorted(rows: Iterable[QueryStats], sort: str) -> list[QueryStats]:
@@ -247,8 +274,62 @@ def query_detail(snapshot: StatsSnapshot, fingerprint: str) -> dict[str, Any]:
     if not rows:
         raise ApiError(404, f"unknown fingerprint {fingerprint!r}")
     out = _envelope(snapshot)
-    out.update(fingerprint=fingerprint, queries=[query_row(q) for q in _sorted(rows, "total_time")])
+    out.update(
+        fingerprint=fingerprint,
+        queries=[query_row(q, histogram=True) for q in _sorted(rows, "total_time")],
+    )
     return out
+
+
+def _quantiles_ms(hist: Histogram) -> dict[str, float | None]:
+    return {
+        "p50_ms": _ms(hist.quantile(0.50)),
+        "p95_ms": _ms(hist.quantile(0.95)),
+        "p99_ms": _ms(hist.quantile(0.99)),
+    }
+
+
+def connections(snapshot: StatsSnapshot) -> dict[str, Any]:
+    """``GET /api/connections``: client sessions and transactions per (database, user)."""
+    out = _envelope(snapshot)
+    out.update(
+        connections=[
+            {
+                "database": c.database,
+                "user": c.user,
+                "current": c.current,
+                "total": c.total,
+                "rejected": c.rejected,
+            }
+            for c in sorted(snapshot.connections, key=lambda c: (c.database, c.user))
+        ],
+        transactions=[
+            {
+                "database": t.database,
+                "user": t.user,
+                "commits": t.commits,
+                "rollbacks": t.rollbacks,
+                "errors": t.errors,
+                "count": t.duration.count,
+                "mean_ms": _ms(t.duration.sum_s / t.duration.count) if t.duration.count else None,
+                **_quantiles_ms(t.duration),
+            }
+            for t in sorted(snapshot.transactions, key=lambda t: (t.database, t.user))
+        ],
+        fingerprints_tracked=snapshot.fingerprints_tracked,
+        fingerprints_overflow=snapshot.fingerprints_overflow,
+        events_processed=snapshot.events_processed,
+    )
+    return out
+
+
+#: placeholders a trace URL template may hold
+TRACE_URL_PLACEHOLDERS = ("{trace_id}", "{span_id}")
+
+
+def ui_config(trace_url_template: str | None) -> dict[str, Any]:
+    """``GET /api/ui-config``: settings the web UI reads at start."""
+    return {"trace_url_template": trace_url_template or None}
 
 
 def authorize_reset(configured_token: str | None, authorization: str | None) -> None:

@@ -9,7 +9,9 @@ says ``Connection: close``).  ``HEAD`` is answered wherever ``GET`` is.
 Routes: ``/healthz`` (the process answers), ``/readyz`` (a ``ready()`` callable the
 composition root provides), ``/metrics`` (Prometheus text or OpenMetrics; rendered in a
 worker thread from a snapshot taken on the loop), ``/api/queries``,
-``/api/queries/{fingerprint}`` and ``POST /api/reset`` (bearer token).
+``/api/queries/{fingerprint}``, ``/api/connections``, ``POST /api/reset`` (bearer token),
+and the web UI: ``/`` and ``/ui/{asset}`` (static files shipped in ``dbproxy/export/ui``)
+plus ``/api/ui-config``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -333,7 +336,11 @@ class HttpServer:
             f"Content-Type: {response.content_type}",
             f"Content-Length: {len(response.body)}",
             "Connection: close",
-            "Cache-Control: no-store",
+            *(
+                ()
+                if any(name.lower() == "cache-control" for name, _ in response.headers)
+                else ("Cache-Control: no-store",)
+            ),
             *(f"{name}: {value}" for name, value in response.headers),
         ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
@@ -436,6 +443,7 @@ class ApiEndpoints:
         return [
             Route(("GET",), "/api/queries", self.queries),
             Route(("GET",), "/api/queries/{fingerprint}", self.query),
+            Route(("GET",), "/api/connections", self.connections),
             Route(("POST",), "/api/reset", self.reset),
         ]
 
@@ -449,9 +457,79 @@ class ApiEndpoints:
         snapshot = self.stats.snapshot(top=None)
         return Response.json(200, api.query_detail(snapshot, request.path_params["fingerprint"]))
 
+    async def connections(self, request: Request) -> Response:
+        if request.query:
+            raise api.ApiError(400, "this endpoint takes no parameters")
+        return Response.json(200, api.connections(self.stats.snapshot(top=None)))
+
     async def reset(self, request: Request) -> Response:
         api.authorize_reset(self.api_token, request.header("authorization"))
         return Response.json(200, api.reset(self.stats, now=self.clock()))
+
+
+#: the UI's files (package data in ``dbproxy/export/ui``) and their content types
+UI_ASSETS: Mapping[str, str] = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+#: scripts, styles, images and fetches from this origin only; no inline script or style
+UI_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+_UI_HEADERS = (
+    ("Cache-Control", "no-cache"),
+    ("Content-Security-Policy", UI_CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
+class UiEndpoints:
+    """``GET /`` (the page), ``GET /ui/{asset}`` (its files), ``GET /api/ui-config``.
+
+    The files are read once, here, from the package: only the names in
+    :data:`UI_ASSETS` are served, so a path can never reach anything else.
+    """
+
+    def __init__(self, *, trace_url_template: str | None = None) -> None:
+        self.trace_url_template = trace_url_template
+        package = resources.files("dbproxy.export.ui")
+        self.assets: dict[str, bytes] = {
+            name: package.joinpath(name).read_bytes() for name in UI_ASSETS
+        }
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(("GET",), "/", self.index),
+            Route(("GET",), "/ui/{asset}", self.asset),
+            Route(("GET",), "/api/ui-config", self.config),
+        ]
+
+    def _file(self, name: str) -> Response:
+        return Response(
+            status=200,
+            body=self.assets[name],
+            content_type=UI_ASSETS[name],
+            headers=_UI_HEADERS,
+        )
+
+    async def index(self, _: Request) -> Response:
+        return self._file("index.html")
+
+    async def asset(self, request: Request) -> Response:
+        name = request.path_params["asset"]
+        if name not in self.assets:
+            return Response.text(404, "not found\n")
+        return self._file(name)
+
+    async def config(self, request: Request) -> Response:
+        if request.query:
+            raise api.ApiError(400, "this endpoint takes no parameters")
+        return Response.json(200, api.ui_config(self.trace_url_template))
 
 
 def export_routes(
@@ -461,12 +539,17 @@ def export_routes(
     registry: CollectorRegistry | None = None,
     collector: DbproxyCollector | None = None,
     api_token: str | None = None,
+    ui: bool = True,
+    trace_url_template: str | None = None,
 ) -> list[Route]:
-    """All of dbproxy's routes; ``/metrics`` only when a registry is given."""
+    """All of dbproxy's routes; ``/metrics`` only when a registry is given; the web UI
+    unless ``ui`` is false (``trace_url_template`` links its trace ids to a trace UI)."""
     routes: Iterable[Route] = [
         *health_routes(ready),
         *ApiEndpoints(stats, api_token=api_token).routes(),
     ]
+    if ui:
+        routes = [*routes, *UiEndpoints(trace_url_template=trace_url_template).routes()]
     if registry is not None:
         routes = [*routes, MetricsEndpoint(registry, collector).route()]
     return list(routes)
