@@ -51,6 +51,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(
     os.environ.get("DBPROXY_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts"
 )
+ROW_COUNT_IS = "n => document.querySelectorAll('#queries tbody tr[data-fingerprint]').length === n"
 TRACE_TEMPLATE = "https://traces.example/trace/{trace_id}?span={span_id}"
 
 
@@ -238,6 +239,25 @@ def test_ui_in_a_real_browser(ui_proxy: RunningProxy) -> None:
                 "fp => document.querySelector('#queries tbody tr')?.dataset.fingerprint === fp",
                 arg=by_calls[0],
             )
+            # filter by application_name (asyncpg's statements only), then back to all
+            worker = [
+                r["fingerprint"]
+                for r in api(ui_proxy, "/api/queries?sort=calls")["queries"]
+                if any(a["value"] == "ui-test-worker" for a in r["applications"])
+            ]
+            assert len(worker) == 1
+            page.select_option("#f-attribution", "application=ui-test-worker")
+            page.wait_for_function(
+                ROW_COUNT_IS,
+                arg=1,
+            )
+            assert shown() == worker
+            page.select_option("#f-attribution", "")
+            page.wait_for_function(
+                ROW_COUNT_IS,
+                arg=len(by_calls),
+            )
+            assert shown() == by_calls
             assert SENTINEL not in page.inner_text("body")
             assert SENTINEL_NUMBER not in page.content()
             top_png = ARTIFACTS / "ui-top-queries.png"

@@ -560,7 +560,7 @@
         parts.stats,
         h("section", { "aria-labelledby": "time-h" },
           h("h2", { id: "time-h", text: "Over time" }),
-          h("p", { class: "notice", text: `The server keeps no history yet: these charts are built by this browser tab from what it polled every ${POLL_MS / 1000} s since ${fmtTime(openedAt)}. Each point covers one polling interval; reloading the page starts over.` }),
+          h("p", { class: "notice", text: `The server keeps no history yet: these charts are built by this browser tab from what it polled every ${POLL_MS / 1000} s since ${fmtTime(openedAt)}. Each point covers one polling interval; reloading the page starts over. Percentiles are estimated inside the histogram's buckets, as PromQL's histogram_quantile does.` }),
           h("div", { class: "charts" }, parts.latency, parts.hist),
           parts.rates),
         h("section", { "aria-labelledby": "rows-h" },
