@@ -100,6 +100,8 @@ class App:
                 registry=self.registry,
                 collector=self.collector,
                 api_token=config.api_token,
+                ui=config.ui,
+                trace_url_template=config.ui_trace_url,
             ),
         )
         # consumers that take the tracing notes, then plain ones (tests' recorders)
@@ -122,7 +124,8 @@ class App:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             listen = self.config.http_listen
             raise ConfigError(f"cannot listen on {listen} (--http-listen): {reason}") from None
-        log.info("dbproxy serving /metrics, /api and health checks on http://%s", self.http.address)
+        what = "the web UI, /metrics, /api" if self.config.ui else "/metrics, /api"
+        log.info("dbproxy serving %s and health checks on http://%s/", what, self.http.address)
         if self.tracing is not None:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())

@@ -102,6 +102,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="record db.response.returned_rows on spans",
     )
     run.add_argument(
+        "--no-ui", dest="ui", action="store_const", const="false", help="no web UI at /"
+    )
+    run.add_argument(
+        "--ui-trace-url",
+        metavar="TEMPLATE",
+        help="trace UI link for the web UI, with {trace_id} and {span_id}",
+    )
+    run.add_argument(
         "--metrics-tags",
         metavar="TAGS",
         help="attribution tags exported per fingerprint, e.g. application,route (none)",
@@ -194,6 +202,8 @@ def _run(args: argparse.Namespace) -> int:
         "trace_slow_ms": args.trace_slow_ms,
         "trace_proxy_span": args.proxy_span,
         "trace_rows": args.trace_rows,
+        "ui": args.ui,
+        "ui_trace_url": args.ui_trace_url,
     }
     config = load_config(cli_values, environment(), args.config)
     _setup_logging(config.log_level)

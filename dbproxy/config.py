@@ -95,6 +95,10 @@ class ProxyConfig:
     trace_rows: bool = False
     #: bounded span export queue (else OTEL_BSP_MAX_QUEUE_SIZE, else 2048)
     trace_queue_size: int | None = None
+    #: the web UI at / of the HTTP server
+    ui: bool = True
+    #: trace UI link template for the web UI ({trace_id}, {span_id})
+    ui_trace_url: str | None = None
     #: the standard OTEL_* variables, handed to the exporter explicitly
     otel_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -219,6 +223,8 @@ _SETTINGS = (
     _Setting("trace_proxy_span", "DBPROXY_TRACE_PROXY_SPAN", _bool),
     _Setting("trace_rows", "DBPROXY_TRACE_ROWS", _bool),
     _Setting("trace_queue_size", "DBPROXY_TRACE_QUEUE_SIZE", _positive_int),
+    _Setting("ui", "DBPROXY_UI", _bool),
+    _Setting("ui_trace_url", "DBPROXY_UI_TRACE_URL", _endpoint),
 )
 CONFIG_ENV = "DBPROXY_CONFIG"
 

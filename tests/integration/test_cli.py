@@ -240,7 +240,7 @@ def test_metrics_served_by_the_process(pg_server: PgServer) -> None:
         ]
     )
     try:
-        line = proc.wait_for_line("serving /metrics")
+        line = proc.wait_for_line("and health checks on")
         assert f"127.0.0.1:{http_port}" in line
         with psycopg.connect(pg_server.dsn(port=port), sslmode="disable") as conn:
             conn.execute("select 'metrics please'")
