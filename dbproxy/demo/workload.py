@@ -269,6 +269,7 @@ class Workload:
         )
         try:
             await self._signup(conn, SENTINEL_EMAIL)  # the first time it succeeds
+            signups = 0
             while await self._pause(0.1, 0.3):
                 pick = self._rng.random()
                 if pick < 0.6:
@@ -280,7 +281,9 @@ class Workload:
                     tags = _percent(self._tags("/login", "sessions", "create", trace=False))
                     await conn.execute(f"{LOGIN_SQL} {tags}", (email,))
                 elif pick < 0.85:
-                    sentinel = self._rng.random() < 0.1
+                    # the first sign-up after the sentinel's and every 10th: a duplicate
+                    signups += 1
+                    sentinel = signups % 10 == 1
                     email = SENTINEL_EMAIL if sentinel else f"shopper-{secrets.token_hex(6)}@ex.net"
                     await self._signup(conn, email)
                 else:
