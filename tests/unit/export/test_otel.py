@@ -327,7 +327,11 @@ def test_a_full_queue_drops_and_counts() -> None:
     assert counts.dropped > 0
     exporter.release.set()
     tracing.shutdown()
-    assert counts.exported == exporter.exported == 40 - counts.dropped
+    assert counts.exported == exporter.exported
+    # The SDK's emit() checks "queue full" and then appends without a lock: when its export
+    # thread takes a batch in between, a span is counted as dropped yet still exported.
+    # So the drop count may exceed the true losses by the batches taken meanwhile (≤ 2 here).
+    assert 0 <= counts.exported - (40 - counts.dropped) <= 2
     assert counts.export_failed == 0
 
 
