@@ -233,6 +233,7 @@ class Demo:
         self._stop = asyncio.Event()
         self._signals = 0
         self._watched: str | None = None  # fingerprint of the regressed query
+        self._watched_before: Histogram | None = None  # its latencies until the drop
         self._last: tuple[float, int, Histogram | None] | None = None
 
     def say(self, text: str = "") -> None:
@@ -429,11 +430,12 @@ class Demo:
         assert self.options.regression_after is not None
         await asyncio.sleep(started + self.options.regression_after - time.monotonic())
         fp = await asyncio.to_thread(fingerprint, regressed_statement())  # sqlglot: off-loop
-        self._watched = fp.id
         before = self._query(app, fp.id)
         # the connection's SCRAM exchange is CPU work: on the workload's loop, not ours
         await workload.call(drop_regressed_index(pg.dsn()))
         p95 = _fmt_ms(before.duration.quantile(0.95)) if before is not None else "n/a"
+        self._watched = fp.id  # status lines follow it from now on
+        self._watched_before = before.duration if before is not None else None
         self.say(
             f"dbproxy demo: regression injected: dropped index {REGRESSED_INDEX}; "
             f"watch fingerprint {fp.id} / {fp.text} (p95 so far {p95})"
@@ -473,8 +475,9 @@ class Demo:
                 f"; top p95 {_fmt_ms(top.duration.quantile(0.95))} {top.fingerprint} {top.summary}"
             )
         if hist is not None:
-            recent = _difference(hist, prev_hist)
-            line += f"; watched p95 last {elapsed - prev_t:.0f}s {_fmt_ms(recent.quantile(0.95))}"
+            recent = _difference(hist, prev_hist or self._watched_before)
+            since = f"last {elapsed - prev_t:.0f} s" if prev_hist is not None else "since the drop"
+            line += f"; regressed query p95 {_fmt_ms(recent.quantile(0.95))} ({since})"
         return line
 
     def _print_summary(self, app: App, elapsed: float) -> None:
@@ -486,6 +489,15 @@ class Demo:
             f"({calls / max(elapsed, 1e-9):.0f}/s), {errors} errors, "
             f"{len(snap.queries)} fingerprints"
         )
+        watched = next((q for q in snap.queries if q.fingerprint == self._watched), None)
+        if watched is not None and self._watched_before is not None:
+            after = _difference(watched.duration, self._watched_before)
+            self.say(
+                f"dbproxy demo: regressed query {watched.fingerprint}: p95 "
+                f"{_fmt_ms(self._watched_before.quantile(0.95))} before the index was dropped "
+                f"({self._watched_before.count} calls), {_fmt_ms(after.quantile(0.95))} after "
+                f"({after.count} calls)"
+            )
 
 
 def _difference(now: Histogram, before: Histogram | None) -> Histogram:
