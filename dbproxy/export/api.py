@@ -55,8 +55,8 @@ _SORT_KEYS: dict[str, Callable[[QueryStats], float]] = {
     "total_time": lambda q: q.total_s,
     "calls": lambda q: float(q.calls),
     "mean": lambda q: q.mean_s,
-    "p95": lambda q: _finite_or(q.duration.quantile(0.95), -math.inf),
-    "p99": lambda q: _finite_or(q.duration.quantile(0.99), -math.inf),
+    "p95": lambda q: _finite_or(_quantile(q, 0.95), -math.inf),
+    "p99": lambda q: _finite_or(_quantile(q, 0.99), -math.inf),
     "rows": lambda q: float(q.rows),
     "rows_per_call": lambda q: q.rows / q.calls if q.calls else -math.inf,
     "errors": lambda q: float(q.error_count),
@@ -178,9 +178,9 @@ def query_row(q: QueryStats, *, histogram: bool = False) -> dict[str, Any]:
         "mean_time_ms": _ms(q.mean_s),
         "min_time_ms": _ms(q.min_s) if q.calls else None,
         "max_time_ms": _ms(q.max_s) if q.calls else None,
-        "p50_ms": _ms(hist.quantile(0.50)),
-        "p95_ms": _ms(hist.quantile(0.95)),
-        "p99_ms": _ms(hist.quantile(0.99)),
+        "p50_ms": _ms(_quantile(q, 0.50)),
+        "p95_ms": _ms(_quantile(q, 0.95)),
+        "p99_ms": _ms(_quantile(q, 0.99)),
         "rows": q.rows,
         "rows_per_call": round(q.rows / q.calls, 3) if q.calls else None,
         "errors": dict(sorted(q.errors.items())),
@@ -279,6 +279,15 @@ def query_detail(snapshot: StatsSnapshot, fingerprint: str) -> dict[str, Any]:
         queries=[query_row(q, histogram=True) for q in _sorted(rows, "total_time")],
     )
     return out
+
+
+def _quantile(q: QueryStats, level: float) -> float:
+    """The histogram estimate, kept within the observed min and max: interpolating inside a
+    coarse bucket (50-100 ms) must not report a p50 of 75 ms when every call took 50-53 ms."""
+    estimate = q.duration.quantile(level)
+    if math.isnan(estimate) or not q.calls:
+        return estimate
+    return min(max(estimate, q.min_s), q.max_s)
 
 
 def _quantiles_ms(hist: Histogram) -> dict[str, float | None]:

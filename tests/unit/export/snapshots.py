@@ -60,8 +60,8 @@ def query(
         parse_ok=True,
         calls=hist.count,
         duration=hist,
-        min_s=0.001 if hist.count else float("inf"),
-        max_s=0.0024 if hist.count else 0.0,
+        min_s=_observed_min(hist),
+        max_s=_observed_max(hist),
         rows=rows,
         errors=dict(errors or {}),
         rolled_back=rolled_back,
@@ -136,3 +136,19 @@ class FixedSource:
 
     def reset(self) -> None:
         self.resets += 1
+
+
+def _observed_min(hist: Histogram) -> float:
+    """The lower edge of the first non-empty bucket: consistent with the counts."""
+    for i, n in enumerate(hist.bucket_counts):
+        if n:
+            return hist.bounds[i - 1] if i > 0 else 0.0
+    return float("inf")
+
+
+def _observed_max(hist: Histogram) -> float:
+    """The upper edge of the last non-empty bucket (twice the last bound for +Inf)."""
+    for i in range(len(hist.bucket_counts) - 1, -1, -1):
+        if hist.bucket_counts[i]:
+            return hist.bounds[i] if i < len(hist.bounds) else hist.bounds[-1] * 2
+    return 0.0

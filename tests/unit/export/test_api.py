@@ -40,9 +40,20 @@ def test_row_fields() -> None:
     assert row["calls"] == 1
     assert row["total_time_ms"] == 20.0
     assert row["mean_time_ms"] == 20.0
-    assert row["min_time_ms"] == 1.0 and row["max_time_ms"] == 2.4
+    # the snapshot's min/max are the edges of its one non-empty bucket (0.01, 0.025]
+    assert row["min_time_ms"] == 10.0 and row["max_time_ms"] == 25.0
     # one observation in (0.01, 0.025]: quantiles interpolate inside that bucket
     assert row["p50_ms"] == 17.5
+
+
+def test_quantiles_stay_within_the_observed_min_and_max() -> None:
+    from dataclasses import replace
+
+    (q,) = [q for q in SNAP.queries if q.fingerprint == "bbb"]
+    narrow = replace(q, min_s=0.020, max_s=0.021)  # every call took 20-21 ms
+    snap = replace(SNAP, queries=(narrow,))
+    (row,) = api.queries(snap, params())["queries"]
+    assert 20.0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= 21.0
     assert row["rows"] == 1 and row["rows_per_call"] == 1.0
     assert row["errors"] == {} and row["error_count"] == 0 and row["rolled_back"] == 0
     assert row["first_seen"] == "2023-11-14T22:13:20.000Z"
