@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from dbproxy import __version__
-from dbproxy.config import environment, load_config
+from dbproxy.config import cli_settings, environment, load_config
 from dbproxy.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -34,86 +34,20 @@ def _build_parser() -> argparse.ArgumentParser:
             "and a TOML file; the command line wins."
         ),
     )
-    run.add_argument("--listen", metavar="HOST:PORT", help="where clients connect (127.0.0.1:6432)")
-    run.add_argument(
-        "--upstream", metavar="HOST:PORT", help="the PostgreSQL server (127.0.0.1:5432)"
-    )
     run.add_argument("--config", metavar="FILE", help="TOML configuration file (DBPROXY_CONFIG)")
-    run.add_argument(
-        "--shutdown-timeout", metavar="SECONDS", help="let sessions finish on SIGTERM (30)"
-    )
-    run.add_argument("--connect-timeout", metavar="SECONDS", help="upstream connect timeout (5)")
-    run.add_argument("--sink-capacity", metavar="N", help="events buffered before drops (65536)")
-    run.add_argument(
-        "--max-statement-bytes", metavar="N", help="statement text kept per message (1048576)"
-    )
-    run.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error (info)")
-    run.add_argument(
-        "--http-listen",
-        metavar="HOST:PORT",
-        help="/metrics, /api, /healthz, /readyz (127.0.0.1:9391)",
-    )
-    run.add_argument(
-        "--metrics-max-fingerprints",
-        metavar="N",
-        help="fingerprints exported as series; the rest fold into __other__ (500)",
-    )
-    run.add_argument(
-        "--max-fingerprints", metavar="N", help="fingerprints the aggregator keeps (10000)"
-    )
-    run.add_argument(
-        "--query-log",
-        metavar="TARGET",
-        help="JSON query log: off, - (stdout) or a file path, reopened on SIGHUP (off)",
-    )
-    run.add_argument(
-        "--log-slow-ms", metavar="MS", help="log statements at least this slow, or off (off)"
-    )
-    run.add_argument("--log-errors", metavar="on|off", help="log failed statements (on)")
-    run.add_argument(
-        "--log-sessions", metavar="on|off", help="log session open/close/rejection (on)"
-    )
-    run.add_argument(
-        "--trace",
-        action="store_const",
-        const="true",
-        help="export statement spans over OTLP (also on with an endpoint or OTEL_EXPORTER_OTLP_*)",
-    )
-    run.add_argument("--otlp-endpoint", metavar="URL", help="OTLP endpoint for spans")
-    run.add_argument("--otlp-protocol", metavar="P", help="http/protobuf (default) or grpc")
-    run.add_argument(
-        "--trace-untraced-ratio",
-        metavar="R",
-        help="fraction of statements without trace context that get a root span (0)",
-    )
-    run.add_argument(
-        "--trace-slow-ms", metavar="MS", help="always trace statements this slow (off)"
-    )
-    run.add_argument(
-        "--proxy-span",
-        action="store_const",
-        const="true",
-        help="add a SERVER span for the hop through the proxy",
-    )
-    run.add_argument(
-        "--trace-rows",
-        action="store_const",
-        const="true",
-        help="record db.response.returned_rows on spans",
-    )
-    run.add_argument(
-        "--no-ui", dest="ui", action="store_const", const="false", help="no web UI at /"
-    )
-    run.add_argument(
-        "--ui-trace-url",
-        metavar="TEMPLATE",
-        help="trace UI link for the web UI, with {trace_id} and {span_id}",
-    )
-    run.add_argument(
-        "--metrics-tags",
-        metavar="TAGS",
-        help="attribution tags exported per fingerprint, e.g. application,route (none)",
-    )
+    for setting in cli_settings():
+        if setting.const is not None:
+            run.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const=setting.const,
+                help=setting.help,
+            )
+        else:
+            run.add_argument(
+                setting.flag, dest=setting.name, metavar=setting.metavar, help=setting.help
+            )
 
     sub.add_parser(
         "demo",
@@ -179,32 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from dbproxy import app
 
-    cli_values = {
-        "listen": args.listen,
-        "upstream": args.upstream,
-        "shutdown_timeout": args.shutdown_timeout,
-        "connect_timeout": args.connect_timeout,
-        "sink_capacity": args.sink_capacity,
-        "max_statement_bytes": args.max_statement_bytes,
-        "log_level": args.log_level,
-        "http_listen": args.http_listen,
-        "metrics_max_fingerprints": args.metrics_max_fingerprints,
-        "max_fingerprints": args.max_fingerprints,
-        "metrics_tags": args.metrics_tags,
-        "query_log": args.query_log,
-        "log_slow_ms": args.log_slow_ms,
-        "log_errors": args.log_errors,
-        "log_sessions": args.log_sessions,
-        "trace": args.trace,
-        "otlp_endpoint": args.otlp_endpoint,
-        "otlp_protocol": args.otlp_protocol,
-        "trace_untraced_ratio": args.trace_untraced_ratio,
-        "trace_slow_ms": args.trace_slow_ms,
-        "trace_proxy_span": args.proxy_span,
-        "trace_rows": args.trace_rows,
-        "ui": args.ui,
-        "ui_trace_url": args.ui_trace_url,
-    }
+    cli_values = {setting.name: getattr(args, setting.name) for setting in cli_settings()}
     config = load_config(cli_values, environment(), args.config)
     _setup_logging(config.log_level)
     app.run(config)

@@ -108,6 +108,23 @@ class _Setting:
     name: str
     env: str
     parse: Any  # Callable[[str], object]; Any keeps the table readable
+    #: the command-line flag (None: environment/file only, e.g. secrets)
+    flag: str | None = None
+    metavar: str | None = None
+    help: str = ""
+    #: for a flag that takes no value: the string it stands for ("true"/"false")
+    const: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CliSetting:
+    """What ``cli.py`` needs to declare a ``dbproxy run`` flag for a setting."""
+
+    name: str
+    flag: str
+    metavar: str | None
+    help: str
+    const: str | None
 
 
 def _positive_float(text: str) -> float:
@@ -198,34 +215,209 @@ def _ratio(text: str) -> float:
 
 
 _SETTINGS = (
-    _Setting("listen", "DBPROXY_LISTEN", parse_address),
-    _Setting("upstream", "DBPROXY_UPSTREAM", parse_address),
-    _Setting("shutdown_timeout", "DBPROXY_SHUTDOWN_TIMEOUT", _positive_float),
-    _Setting("connect_timeout", "DBPROXY_CONNECT_TIMEOUT", _positive_float),
-    _Setting("sink_capacity", "DBPROXY_SINK_CAPACITY", _positive_int),
-    _Setting("max_statement_bytes", "DBPROXY_MAX_STATEMENT_BYTES", _positive_int),
-    _Setting("log_level", "DBPROXY_LOG_LEVEL", _log_level),
-    _Setting("http_listen", "DBPROXY_HTTP_LISTEN", parse_address),
-    _Setting("metrics_max_fingerprints", "DBPROXY_METRICS_MAX_FINGERPRINTS", _positive_int),
-    _Setting("max_fingerprints", "DBPROXY_MAX_FINGERPRINTS", _positive_int),
-    _Setting("metrics_tags", "DBPROXY_METRICS_TAGS", _tag_list),
-    _Setting("api_token", "DBPROXY_API_TOKEN", _token),
-    _Setting("query_log", "DBPROXY_QUERY_LOG", _query_log),
-    _Setting("log_slow_ms", "DBPROXY_LOG_SLOW_MS", _optional_ms),
-    _Setting("log_errors", "DBPROXY_LOG_ERRORS", _bool),
-    _Setting("log_sessions", "DBPROXY_LOG_SESSIONS", _bool),
-    _Setting("trace", "DBPROXY_TRACE", _bool),
-    _Setting("otlp_endpoint", "DBPROXY_OTLP_ENDPOINT", _endpoint),
-    _Setting("otlp_protocol", "DBPROXY_OTLP_PROTOCOL", _otlp_protocol),
+    _Setting(
+        "listen",
+        "DBPROXY_LISTEN",
+        parse_address,
+        "--listen",
+        "HOST:PORT",
+        "where clients connect (127.0.0.1:6432)",
+    ),
+    _Setting(
+        "upstream",
+        "DBPROXY_UPSTREAM",
+        parse_address,
+        "--upstream",
+        "HOST:PORT",
+        "the PostgreSQL server (127.0.0.1:5432)",
+    ),
+    _Setting(
+        "shutdown_timeout",
+        "DBPROXY_SHUTDOWN_TIMEOUT",
+        _positive_float,
+        "--shutdown-timeout",
+        "SECONDS",
+        "let sessions finish on SIGTERM (30)",
+    ),
+    _Setting(
+        "connect_timeout",
+        "DBPROXY_CONNECT_TIMEOUT",
+        _positive_float,
+        "--connect-timeout",
+        "SECONDS",
+        "upstream connect timeout (5)",
+    ),
+    _Setting(
+        "sink_capacity",
+        "DBPROXY_SINK_CAPACITY",
+        _positive_int,
+        "--sink-capacity",
+        "N",
+        "events buffered before drops (65536)",
+    ),
+    _Setting(
+        "max_statement_bytes",
+        "DBPROXY_MAX_STATEMENT_BYTES",
+        _positive_int,
+        "--max-statement-bytes",
+        "N",
+        "statement text kept per message (1048576)",
+    ),
+    _Setting(
+        "log_level",
+        "DBPROXY_LOG_LEVEL",
+        _log_level,
+        "--log-level",
+        "LEVEL",
+        "debug, info, warning, error (info)",
+    ),
+    _Setting(
+        "http_listen",
+        "DBPROXY_HTTP_LISTEN",
+        parse_address,
+        "--http-listen",
+        "HOST:PORT",
+        "web UI, /metrics, /api, /healthz, /readyz (127.0.0.1:9391)",
+    ),
+    _Setting(
+        "metrics_max_fingerprints",
+        "DBPROXY_METRICS_MAX_FINGERPRINTS",
+        _positive_int,
+        "--metrics-max-fingerprints",
+        "N",
+        "fingerprints exported as series; the rest fold into __other__ (500)",
+    ),
+    _Setting(
+        "max_fingerprints",
+        "DBPROXY_MAX_FINGERPRINTS",
+        _positive_int,
+        "--max-fingerprints",
+        "N",
+        "fingerprints the aggregator keeps (10000)",
+    ),
+    _Setting(
+        "metrics_tags",
+        "DBPROXY_METRICS_TAGS",
+        _tag_list,
+        "--metrics-tags",
+        "TAGS",
+        "attribution tags exported per fingerprint, e.g. application,route (none)",
+    ),
+    _Setting("api_token", "DBPROXY_API_TOKEN", _token),  # a secret: never a flag
+    _Setting(
+        "query_log",
+        "DBPROXY_QUERY_LOG",
+        _query_log,
+        "--query-log",
+        "TARGET",
+        "JSON query log: off, - (stdout) or a file path, reopened on SIGHUP (off)",
+    ),
+    _Setting(
+        "log_slow_ms",
+        "DBPROXY_LOG_SLOW_MS",
+        _optional_ms,
+        "--log-slow-ms",
+        "MS",
+        "log statements at least this slow, or off (off)",
+    ),
+    _Setting(
+        "log_errors",
+        "DBPROXY_LOG_ERRORS",
+        _bool,
+        "--log-errors",
+        "on|off",
+        "log failed statements (on)",
+    ),
+    _Setting(
+        "log_sessions",
+        "DBPROXY_LOG_SESSIONS",
+        _bool,
+        "--log-sessions",
+        "on|off",
+        "log session open/close/rejection (on)",
+    ),
+    _Setting(
+        "trace",
+        "DBPROXY_TRACE",
+        _bool,
+        "--trace",
+        None,
+        "export statement spans over OTLP (also on with an endpoint or OTEL_EXPORTER_OTLP_*)",
+        "true",
+    ),
+    _Setting(
+        "otlp_endpoint",
+        "DBPROXY_OTLP_ENDPOINT",
+        _endpoint,
+        "--otlp-endpoint",
+        "URL",
+        "OTLP endpoint for spans",
+    ),
+    _Setting(
+        "otlp_protocol",
+        "DBPROXY_OTLP_PROTOCOL",
+        _otlp_protocol,
+        "--otlp-protocol",
+        "P",
+        "http/protobuf (default) or grpc",
+    ),
     _Setting("service_name", "DBPROXY_SERVICE_NAME", _nonempty),
-    _Setting("trace_untraced_ratio", "DBPROXY_TRACE_UNTRACED_RATIO", _ratio),
-    _Setting("trace_slow_ms", "DBPROXY_TRACE_SLOW_MS", _optional_ms),
-    _Setting("trace_proxy_span", "DBPROXY_TRACE_PROXY_SPAN", _bool),
-    _Setting("trace_rows", "DBPROXY_TRACE_ROWS", _bool),
+    _Setting(
+        "trace_untraced_ratio",
+        "DBPROXY_TRACE_UNTRACED_RATIO",
+        _ratio,
+        "--trace-untraced-ratio",
+        "R",
+        "fraction of statements without trace context that get a root span (0)",
+    ),
+    _Setting(
+        "trace_slow_ms",
+        "DBPROXY_TRACE_SLOW_MS",
+        _optional_ms,
+        "--trace-slow-ms",
+        "MS",
+        "always trace statements this slow (off)",
+    ),
+    _Setting(
+        "trace_proxy_span",
+        "DBPROXY_TRACE_PROXY_SPAN",
+        _bool,
+        "--proxy-span",
+        None,
+        "add a SERVER span for the hop through the proxy",
+        "true",
+    ),
+    _Setting(
+        "trace_rows",
+        "DBPROXY_TRACE_ROWS",
+        _bool,
+        "--trace-rows",
+        None,
+        "record db.response.returned_rows on spans",
+        "true",
+    ),
     _Setting("trace_queue_size", "DBPROXY_TRACE_QUEUE_SIZE", _positive_int),
-    _Setting("ui", "DBPROXY_UI", _bool),
-    _Setting("ui_trace_url", "DBPROXY_UI_TRACE_URL", _endpoint),
+    _Setting("ui", "DBPROXY_UI", _bool, "--no-ui", None, "no web UI at /", "false"),
+    _Setting(
+        "ui_trace_url",
+        "DBPROXY_UI_TRACE_URL",
+        _endpoint,
+        "--ui-trace-url",
+        "TEMPLATE",
+        "trace UI link for the web UI, with {trace_id} and {span_id}",
+    ),
 )
+
+
+def cli_settings() -> tuple[CliSetting, ...]:
+    """The settings that have a ``dbproxy run`` flag, in declaration order."""
+    return tuple(
+        CliSetting(name=s.name, flag=s.flag, metavar=s.metavar, help=s.help, const=s.const)
+        for s in _SETTINGS
+        if s.flag is not None
+    )
+
+
 CONFIG_ENV = "DBPROXY_CONFIG"
 
 
@@ -254,7 +446,7 @@ def load_config(
     for setting in _SETTINGS:
         raw: object
         if cli.get(setting.name) is not None:
-            raw, origin = cli[setting.name], f"--{setting.name.replace('_', '-')}"
+            raw, origin = cli[setting.name], setting.flag or setting.name
         elif setting.env in env:
             raw, origin = env[setting.env], setting.env
         elif setting.name in file_values:

@@ -53,3 +53,19 @@ def test_errors_name_the_origin(tmp_path: Path) -> None:
     path.write_text('log_level = "loud"\n')
     with pytest.raises(ConfigError, match=r"c.toml: log_level"):
         load_config({}, {}, str(path))
+
+
+def test_every_flag_is_a_setting_and_names_itself_in_errors() -> None:
+    from dataclasses import fields
+
+    from dbproxy.config import cli_settings
+
+    names = {f.name for f in fields(ProxyConfig)}
+    flags = cli_settings()
+    assert len({s.flag for s in flags}) == len(flags)
+    for setting in flags:
+        assert setting.name in names
+    # a secret has no flag
+    assert "api_token" not in {s.name for s in flags}
+    with pytest.raises(ConfigError, match="--proxy-span"):
+        load_config({"trace_proxy_span": "maybe"}, {})
