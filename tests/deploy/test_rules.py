@@ -211,7 +211,9 @@ RUNBOOK = (
 )
 
 
-def test_alertmanager_sends_the_regression_to_slack(alertmanager: str, slack: _Slack) -> None:
+def test_alertmanager_sends_the_regression_to_slack_and_inhibits_new_slow_query(
+    alertmanager: str, slack: _Slack
+) -> None:
     alert = {
         "labels": {
             "alertname": "DBProxyQueryLatencyRegression",
@@ -228,9 +230,18 @@ def test_alertmanager_sends_the_regression_to_slack(alertmanager: str, slack: _S
             "runbook_url": RUNBOOK,
         },
     }
+    # The same query also flagged as new: the inhibit rule must keep it out of Slack.
+    new_slow_query = {
+        "labels": {
+            "alertname": "DBProxyNewSlowQuery",
+            "fingerprint": FINGERPRINT,
+            "severity": "warning",
+        },
+        "annotations": {"summary": f"New query {FINGERPRINT}", "query": QUERY},
+    }
     request = urllib.request.Request(
         f"{alertmanager}/api/v2/alerts",
-        data=json.dumps([alert]).encode(),
+        data=json.dumps([alert, new_slow_query]).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
@@ -253,3 +264,8 @@ def test_alertmanager_sends_the_regression_to_slack(alertmanager: str, slack: _S
     assert attachment["title"] == f"[FIRING:1] DBProxyQueryLatencyRegression ({FINGERPRINT})"
     assert attachment["title_link"] == dashboard
     assert attachment["color"] == "warning"
+
+    # Both groups flush after group_wait (1 s); give the inhibited one time to show up.
+    time.sleep(2.5)
+    titles = [c["body"]["attachments"][0]["title"] for c in slack.payloads]  # type: ignore[index]
+    assert titles == [attachment["title"]], titles
