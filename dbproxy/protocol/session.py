@@ -106,8 +106,7 @@ _PARSE_CACHE_MAX_BODY: Final = 4096  # … of at most this size (≤ 1 MiB per s
 _UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
 
 
-#: CommandComplete bodies seen → (command, count); a pure function, so shared safely.
-_TAGS: dict[bytes, tuple[str, int | None]] = {}
+_TAG_CACHE_SIZE: Final = 256  # distinct CommandComplete bodies remembered per session
 
 
 class _Prepared:
@@ -241,6 +240,8 @@ class Session:
         # protocol state mirrored from the server
         self._prepared: dict[str, _Prepared] = {}
         self._parse_cache: dict[bytes, tuple[messages.ParseMessage, _Prepared]] = {}
+        # CommandComplete bodies repeat ("SELECT 1", "INSERT 0 1"): decode each once
+        self._tags: dict[bytes, tuple[str, int | None]] = {}
         self._portals: dict[str, _Run] = {}
         self._pending: deque[_Pending] = deque()
         self._group_start_ns = 0
@@ -500,11 +501,11 @@ class Session:
     def _on_server(self, msg_type: int, body: bytes, now: int) -> None:
         pending = self._pending
         if msg_type == codes.COMMAND_COMPLETE:
-            tag = _TAGS.get(body)
+            tag = self._tags.get(body)
             if tag is None:
                 tag = messages.decode_command_complete(body)
-                if len(_TAGS) < 4096:
-                    _TAGS[body] = tag
+                if len(self._tags) < _TAG_CACHE_SIZE:
+                    self._tags[body] = tag
             command, count = tag
             head = pending[0] if pending else None
             if head is None:
@@ -840,6 +841,8 @@ class Session:
         self._batch = []
         offset = self._epoch_offset_ns
         sid, user, database = self.session_id, self.user, self.database
+        # The two constructors below repeat their shared keywords on purpose: building them
+        # from a dict (**common) cost ~0.4 µs per statement on the hot path.
         for run in batch:
             if not isinstance(run, _Run):
                 self._emit(run)  # TransactionStarted / TransactionFinished, in order
