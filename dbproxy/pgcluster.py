@@ -393,7 +393,8 @@ if message != "stopped":
 """
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the tests' and the demo's helper)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
@@ -766,7 +767,7 @@ class ThrowawayCluster:
         """Start on a free port; retry if another process grabs the port in between."""
         conf = self.datadir / "dbproxy.conf"
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             conf.write_text(self._config_text(port))
             self._run_as.chown(conf)
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from dbproxy.pgcluster import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "dbproxy.rules.yml"
@@ -96,12 +97,6 @@ def test_the_slack_webhook_is_never_inline() -> None:
 # --- a real Alertmanager posting to a fake Slack ------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _Slack:
     """A local HTTP server that records the JSON bodies POSTed to it."""
 
@@ -169,7 +164,7 @@ def alertmanager(tmp_path: Path, slack: _Slack) -> Iterator[str]:
     shutil.copytree(TEMPLATES, tmp_path / "templates")
     (tmp_path / "data").mkdir()
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "alertmanager.log").open("wb")
     process = subprocess.Popen(
         [

@@ -19,14 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbproxy.pgcluster import PgServer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+from dbproxy.pgcluster import PgServer, free_port
 
 
 class ProxyProcess:
@@ -72,7 +65,7 @@ class ProxyProcess:
 
 def start_process(pg: PgServer, *extra: str) -> tuple[ProxyProcess, int]:
     """``dbproxy run`` on a free port in front of ``pg``, once it says it listens."""
-    port = _free_port()
+    port = free_port()
     proc = ProxyProcess(
         ["--listen", f"127.0.0.1:{port}", "--upstream", f"{pg.host}:{pg.port}", *extra]
     )
@@ -195,7 +188,7 @@ def test_bad_configuration_is_one_line_and_exit_2(
 
 
 def test_config_file_and_env_precedence(tmp_path: Path, pg_server: PgServer) -> None:
-    port_file, port_env = _free_port(), _free_port()
+    port_file, port_env = free_port(), free_port()
     config = tmp_path / "dbproxy.toml"
     config.write_text(
         f'listen = "127.0.0.1:{port_file}"\nupstream = "{pg_server.host}:{pg_server.port}"\n'
@@ -228,7 +221,7 @@ def test_config_file_and_env_precedence(tmp_path: Path, pg_server: PgServer) -> 
 
 
 def test_metrics_served_by_the_process(pg_server: PgServer) -> None:
-    port, http_port = _free_port(), _free_port()
+    port, http_port = free_port(), free_port()
     proc = ProxyProcess(
         [
             "--listen",

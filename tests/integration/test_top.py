@@ -14,7 +14,6 @@ import pty
 import re
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbproxy.pgcluster import PgServer
+from dbproxy.pgcluster import PgServer, free_port
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 
 COLS, LINES = 120, 40
@@ -121,16 +120,9 @@ def test_once_prints_a_plain_table(loaded: tuple[RunningProxy, str]) -> None:
     assert len(lines) == 2 and lines[0].startswith(sleep_fp)  # 20 calls beat 5, 3, 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize("mode", [["--once"], ["--interval", "0.5"]])
 def test_unreachable_url_is_one_line_and_exit_2(mode: list[str]) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     done = _top("--url", url, *mode)
     assert done.returncode == 2
     assert done.stdout == ""

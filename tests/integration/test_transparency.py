@@ -10,7 +10,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from dbproxy.pgcluster import PgServer
+from dbproxy.pgcluster import PgServer, free_port
 from dbproxy.protocol.events import SessionRejected
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 from tests.fixtures.tap import Tap
@@ -67,15 +67,8 @@ async def test_wrong_password_gets_postgresqls_own_28P01(proxy: RunningProxy) ->
     assert [e.error.sqlstate for e in rejected] == ["28P01", "28P01"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port  # nothing listens there any more
-
-
 def test_upstream_down_gets_fatal_08006_naming_the_upstream(pg_server: PgServer) -> None:
-    dead = _closed_port()
+    dead = free_port()
     running = start_proxy(PgServer(**{**pg_server.__dict__, "port": dead}))
     try:
         with pytest.raises(psycopg.OperationalError) as info:
@@ -88,7 +81,7 @@ def test_upstream_down_gets_fatal_08006_naming_the_upstream(pg_server: PgServer)
 
 
 async def test_upstream_down_asyncpg_sees_08006(pg_server: PgServer) -> None:
-    dead = _closed_port()
+    dead = free_port()
     running = start_proxy(PgServer(**{**pg_server.__dict__, "port": dead}))
     try:
         with pytest.raises(asyncpg.PostgresError) as info:

@@ -166,6 +166,7 @@ def wait_for_calls(proxy: RunningProxy, calls: int, timeout: float = 10.0) -> No
 @pytest.mark.integration
 def test_ui_in_a_real_browser(ui_proxy: RunningProxy) -> None:
     import playwright.sync_api as playwright_sync  # a test dependency
+
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     started = time.monotonic()
