@@ -541,12 +541,16 @@ def export_routes(
     api_token: str | None = None,
     ui: bool = True,
     trace_url_template: str | None = None,
+    extra_routes: Iterable[Route] = (),
 ) -> list[Route]:
     """All of dbproxy's routes; ``/metrics`` only when a registry is given; the web UI
-    unless ``ui`` is false (``trace_url_template`` links its trace ids to a trace UI)."""
+    unless ``ui`` is false (``trace_url_template`` links its trace ids to a trace UI).
+    ``extra_routes``: endpoints of optional features (findings, plans …) that the
+    composition root builds only when they are on."""
     routes: Iterable[Route] = [
         *health_routes(ready),
         *ApiEndpoints(stats, api_token=api_token).routes(),
+        *extra_routes,
     ]
     if ui:
         routes = [*routes, *UiEndpoints(trace_url_template=trace_url_template).routes()]
