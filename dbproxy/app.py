@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
+from dbproxy import __version__, speedups
 from dbproxy.config import ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.export.http import HttpServer, export_routes
@@ -124,6 +125,7 @@ class App:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             listen = self.config.http_listen
             raise ConfigError(f"cannot listen on {listen} (--http-listen): {reason}") from None
+        log.info("dbproxy %s, observer modules: %s", __version__, speedups.status().describe())
         what = "the web UI, /metrics, /api" if self.config.ui else "/metrics, /api"
         log.info("dbproxy serving %s and health checks on http://%s/", what, self.http.address)
         if self.tracing is not None:

@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.utils import floatToGoString
 
-from dbproxy import __version__
+from dbproxy import __version__, speedups
 from dbproxy.export.api import SnapshotSource
 from dbproxy.observe.stats import Histogram, StatsSnapshot
 from dbproxy.sql.cache import FingerprinterStats
@@ -537,9 +537,12 @@ class DbproxyCollector(Collector):
                 value=ql.write_errors,
             )
         build = GaugeMetricFamily(
-            "dbproxy_build_info", "dbproxy build information.", labels=("version", "python")
+            "dbproxy_build_info",
+            "dbproxy build information (compiled: the mypyc build of the hot modules is in use).",
+            labels=("version", "python", "compiled"),
         )
-        build.add_metric((self._version, platform.python_version()), 1)
+        compiled = "true" if speedups.status().compiled else "false"
+        build.add_metric((self._version, platform.python_version(), compiled), 1)
         yield build
 
 

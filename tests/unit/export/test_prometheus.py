@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from dbproxy import speedups
 from dbproxy.export.prometheus import (
     MAX_QUERY_LABEL_BYTES,
     DbproxyCollector,
@@ -208,6 +209,8 @@ def test_transactions_connections_and_process_counters() -> None:
     assert s[("dbproxy_fingerprint_cache_misses_total", labels(cache="shape"))] == 4
     build = [k for k in s if k[0] == "dbproxy_build_info"]
     assert len(build) == 1 and ("version", "9.9.9") in build[0][1]
+    compiled = "true" if speedups.status().compiled else "false"
+    assert ("compiled", compiled) in build[0][1]
 
 
 def test_optional_sources_are_omitted() -> None:
