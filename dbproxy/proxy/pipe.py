@@ -64,6 +64,8 @@ class ClientConnection(asyncio.Protocol):
             text_limit=server.config.max_statement_bytes,
         )
         self.peer = ""
+        self._stats = server.stats
+        self._client_data = self.session.client_data
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,16 +169,19 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ data path
     def data_received(self, data: bytes) -> None:
-        if self._forwarding:
-            upstream = self._upstream_transport
-            if upstream is not None:
-                upstream.write(data)
-                self._server.stats.bytes_from_client += len(data)
-                self._observe(self.session.client_data, data, _monotonic_ns())
-            else:
-                self._hold(data)
-            return
-        self._negotiate(data)
+        # The hot path: forward, count, then observe (bound methods kept on self).
+        upstream = self._upstream_transport
+        if upstream is not None and self._forwarding:
+            upstream.write(data)
+            self._stats.bytes_from_client += len(data)
+            try:
+                self._client_data(data, _monotonic_ns())
+            except Exception:
+                self.observer_failed()
+        elif self._forwarding:
+            self._hold(data)
+        else:
+            self._negotiate(data)
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes until the upstream is up; stop reading past a bound."""
@@ -229,10 +234,14 @@ class ClientConnection(asyncio.Protocol):
         try:
             fn(*args)  # type: ignore[operator]
         except Exception:
-            self._server.stats.observer_errors += 1
-            if self.session.observing:
-                log.exception("observer error in session %d; observation stops", self.session_id)
-                self.session.lose("observer error")
+            self.observer_failed()
+
+    def observer_failed(self) -> None:
+        """Called from an ``except`` block: count, log once, stop observing."""
+        self._stats.observer_errors += 1
+        if self.session.observing:
+            log.exception("observer error in session %d; observation stops", self.session_id)
+            self.session.lose("observer error")
 
     # ------------------------------------------------------------------ backpressure
     def pause_writing(self) -> None:
@@ -244,12 +253,6 @@ class ClientConnection(asyncio.Protocol):
             self._upstream_transport.resume_reading()
 
     # called by the server side
-    def server_data(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-        self._server.stats.bytes_from_server += len(data)
-        self._observe(self.session.server_data, data, _monotonic_ns())
-
     def server_closed(self) -> None:
         self._shutdown()
 
@@ -260,12 +263,23 @@ class ServerConnection(asyncio.Protocol):
     def __init__(self, client: ClientConnection) -> None:
         self._client = client
         self.transport: asyncio.Transport | None = None
+        assert client.transport is not None  # the client side is connected first
+        # the hot path's callees, bound once
+        self._client_write = client.transport.write
+        self._stats = client._stats
+        self._server_data = client.session.server_data
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
-        self._client.server_data(data)
+        # forward first, count, then observe
+        self._client_write(data)
+        self._stats.bytes_from_server += len(data)
+        try:
+            self._server_data(data, _monotonic_ns())
+        except Exception:
+            self._client.observer_failed()
 
     def eof_received(self) -> bool | None:
         return False
