@@ -392,3 +392,27 @@ def test_exporter_and_resource_from_the_given_environment_only() -> None:
     assert resource.attributes["service.name"] == "orders-db-proxy"
     assert resource.attributes["deployment.environment.name"] == "prod"
     assert build_resource(TracingSettings(service_name="x"), env).attributes["service.name"] == "x"
+
+
+def test_spans_are_built_as_the_sdk_would_build_them() -> None:
+    """Spans skip Tracer.start_span (cost); what the SDK would set is set here."""
+    t = Traced(max_attribute_length=40, untraced_ratio=1.0)
+    conn = t.conn()
+    conn.query("SELECT " + ", ".join(f"col_{i}" for i in range(30)) + " FROM wide_table")
+    conn.query(statement("SELECT 1"))
+    root, child = t.spans()
+    for span in (root, child):
+        assert span.instrumentation_scope is not None
+        assert span.instrumentation_scope.name == "dbproxy"
+        assert span.context.trace_flags.sampled and not span.context.is_remote
+        assert span.context.span_id != 0 and span.end_time is not None
+        assert span.start_time is not None and span.end_time >= span.start_time
+        assert span.status.status_code is StatusCode.UNSET
+    # a root span: new non-zero trace id, no parent; the query text cut to the limit
+    assert root.parent is None and root.context.trace_id != 0
+    text = root.attributes["db.query.text"]  # type: ignore[index]
+    assert isinstance(text, str) and len(text) == 40 and text.startswith("SELECT col_0")
+    # a child: the parent's trace id, a span id of its own
+    assert child.parent is not None and child.context.trace_id == int(TRACE_ID, 16)
+    assert child.context.span_id != int(PARENT_ID, 16)
+    t.tracing.shutdown()
