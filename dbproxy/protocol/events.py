@@ -1,4 +1,12 @@
-"""Events the session state machine emits: frozen, slotted, keyword-only dataclasses.
+"""Events the session state machine emits: slotted, keyword-only dataclasses.
+
+Treat them as immutable: one event reaches several consumers (span builder, aggregator,
+query log).  They are not ``frozen=True`` because a frozen dataclass sets each field
+through ``object.__setattr__``, and the per-statement events carry hand-written
+``__init__`` s (``init=False``) because the generated one runs as interpreted Python even
+in the compiled build: together that was a quarter of the observer's instructions per
+statement (``benchmarks/session_loop.py``, valgrind).  The dataclass machinery (``==``,
+``repr``, ``dataclasses.replace``) is kept.
 
 Times: ``*_ns`` fields are ``time.monotonic_ns()`` values (use them for durations);
 ``*_epoch_ns`` fields are wall-clock nanoseconds since the Unix epoch (use them for
@@ -13,7 +21,7 @@ from typing import Literal
 Protocol = Literal["simple", "extended", "function"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ServerError:
     """The parts of an ErrorResponse an observer may keep (no DETAIL: it holds values)."""
 
@@ -22,7 +30,7 @@ class ServerError:
     message: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SessionOpened:
     session_id: int
     user: str
@@ -37,7 +45,7 @@ class SessionOpened:
     client_address: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SessionRejected:
     """The server refused the connection during startup (bad password, no such db…)."""
 
@@ -48,7 +56,7 @@ class SessionRejected:
     at_ns: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SessionClosed:
     session_id: int
     at_ns: int
@@ -58,7 +66,7 @@ class SessionClosed:
     observation_lost: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StatementStarted:
     """Only emitted when the session was created with ``track_starts=True``."""
 
@@ -68,7 +76,7 @@ class StatementStarted:
     start_ns: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class StatementEvent:
     """Fields shared by finished and failed statements."""
 
@@ -102,33 +110,181 @@ class StatementEvent:
     #: executed later carries its old Parse text and comment
     text_in_batch: bool = True
 
+    def __init__(
+        self,
+        *,
+        session_id: int,
+        user: str,
+        database: str,
+        application_name: str,
+        protocol: Protocol,
+        text: str,
+        statement_name: str | None,
+        portal_name: str | None,
+        param_type_oids: tuple[int, ...],
+        function_oid: int | None,
+        start_ns: int,
+        end_ns: int,
+        duration_ns: int,
+        start_epoch_ns: int,
+        rows: int,
+        rolled_back: bool,
+        in_transaction: bool,
+        text_in_batch: bool = True,
+    ) -> None:
+        self.session_id = session_id
+        self.user = user
+        self.database = database
+        self.application_name = application_name
+        self.protocol = protocol
+        self.text = text
+        self.statement_name = statement_name
+        self.portal_name = portal_name
+        self.param_type_oids = param_type_oids
+        self.function_oid = function_oid
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.duration_ns = duration_ns
+        self.start_epoch_ns = start_epoch_ns
+        self.rows = rows
+        self.rolled_back = rolled_back
+        self.in_transaction = in_transaction
+        self.text_in_batch = text_in_batch
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(slots=True, kw_only=True, init=False)
 class StatementFinished(StatementEvent):
     #: CommandComplete tag without its counts: SELECT, INSERT, CREATE TABLE, COPY …
     command: str
 
+    def __init__(
+        self,
+        *,
+        session_id: int,
+        user: str,
+        database: str,
+        application_name: str,
+        protocol: Protocol,
+        text: str,
+        statement_name: str | None,
+        portal_name: str | None,
+        param_type_oids: tuple[int, ...],
+        function_oid: int | None,
+        start_ns: int,
+        end_ns: int,
+        duration_ns: int,
+        start_epoch_ns: int,
+        rows: int,
+        rolled_back: bool,
+        in_transaction: bool,
+        text_in_batch: bool = True,
+        command: str,
+    ) -> None:
+        StatementEvent.__init__(
+            self,
+            session_id=session_id,
+            user=user,
+            database=database,
+            application_name=application_name,
+            protocol=protocol,
+            text=text,
+            statement_name=statement_name,
+            portal_name=portal_name,
+            param_type_oids=param_type_oids,
+            function_oid=function_oid,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            duration_ns=duration_ns,
+            start_epoch_ns=start_epoch_ns,
+            rows=rows,
+            rolled_back=rolled_back,
+            in_transaction=in_transaction,
+            text_in_batch=text_in_batch,
+        )
+        self.command = command
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(slots=True, kw_only=True, init=False)
 class StatementFailed(StatementEvent):
     error: ServerError
     #: where it failed: "parse", "bind", "describe", "execute" or "commit"
     phase: str
 
+    def __init__(
+        self,
+        *,
+        session_id: int,
+        user: str,
+        database: str,
+        application_name: str,
+        protocol: Protocol,
+        text: str,
+        statement_name: str | None,
+        portal_name: str | None,
+        param_type_oids: tuple[int, ...],
+        function_oid: int | None,
+        start_ns: int,
+        end_ns: int,
+        duration_ns: int,
+        start_epoch_ns: int,
+        rows: int,
+        rolled_back: bool,
+        in_transaction: bool,
+        text_in_batch: bool = True,
+        error: ServerError,
+        phase: str,
+    ) -> None:
+        StatementEvent.__init__(
+            self,
+            session_id=session_id,
+            user=user,
+            database=database,
+            application_name=application_name,
+            protocol=protocol,
+            text=text,
+            statement_name=statement_name,
+            portal_name=portal_name,
+            param_type_oids=param_type_oids,
+            function_oid=function_oid,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            duration_ns=duration_ns,
+            start_epoch_ns=start_epoch_ns,
+            rows=rows,
+            rolled_back=rolled_back,
+            in_transaction=in_transaction,
+            text_in_batch=text_in_batch,
+        )
+        self.error = error
+        self.phase = phase
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(slots=True, kw_only=True, init=False)
 class TransactionStarted:
     session_id: int
     at_ns: int
 
+    def __init__(self, *, session_id: int, at_ns: int) -> None:
+        self.session_id = session_id
+        self.at_ns = at_ns
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(slots=True, kw_only=True, init=False)
 class TransactionFinished:
     session_id: int
     committed: bool
     start_ns: int
     end_ns: int
     statements: int
+
+    def __init__(
+        self, *, session_id: int, committed: bool, start_ns: int, end_ns: int, statements: int
+    ) -> None:
+        self.session_id = session_id
+        self.committed = committed
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.statements = statements
 
 
 Event = (
