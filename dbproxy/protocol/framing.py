@@ -167,7 +167,14 @@ class FrameReader:
                 if n - pos < 5:
                     self._pending = data[pos:]
                     break
-                msg_type, length = _TYPED_HEADER.unpack_from(data, pos)
+                # indexing, not struct: compiled, it is a few native operations
+                msg_type = data[pos]
+                length = (
+                    (data[pos + 1] << 24)
+                    | (data[pos + 2] << 16)
+                    | (data[pos + 3] << 8)
+                    | data[pos + 4]
+                )
                 if length < 4 or length > self._max_length:
                     raise self._error(
                         f"invalid message length {length} for message type {chr(msg_type)!r}"
