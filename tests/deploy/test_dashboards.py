@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.conftest import (
+from tests.deploy.files import (
     DASHBOARDS,
     DEPLOY,
     PROVISIONING,
