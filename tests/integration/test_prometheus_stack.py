@@ -36,7 +36,6 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from dbproxy.pgcluster import PgServer, free_port
 from dbproxy.sql.fingerprint import fingerprint
 from tests.deploy.files import RULES, all_panels, load_dashboards
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
+from tests.fixtures.otlp_sink import OtlpSink
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 DAY = 86_400.0
@@ -287,7 +287,7 @@ def two_proxies(pg_server: PgServer, pg_dsn: str) -> Iterator[list[RunningProxy]
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
         conn.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, v int NOT NULL)")
         conn.execute(f"INSERT INTO {TABLE} SELECT g, 0 FROM generate_series(1, 500) g")
-    otlp = _OtlpSink()
+    otlp = OtlpSink()
     proxies: list[RunningProxy] = []
     try:
         for _ in range(2):
@@ -307,31 +307,6 @@ def two_proxies(pg_server: PgServer, pg_dsn: str) -> Iterator[list[RunningProxy]
         otlp.close()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-
-
-class _OtlpSink:
-    """Accepts OTLP/HTTP exports (the spans behind the exemplars) and discards them."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _start_prometheus(tmp_path: Path, targets: list[str]) -> tuple[subprocess.Popen[bytes], str]:
