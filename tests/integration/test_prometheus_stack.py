@@ -18,8 +18,8 @@ HTTP API: each must be valid and return data. Alerts that fire on this workload 
 return the series they were built for; those that are legitimately empty here
 (DBProxyEventsDropped: nothing was dropped; DBProxyRegressionFinding: no detector finding
 is open, and the detector's `dbproxy_findings` is not exported by this proxy yet) must be
-valid and the other series they read must return data. Finally `sum by (fingerprint)` of calls over both instances must equal the
-calls the workload made through both proxies.
+valid and the other series they read must return data. Finally `sum by (fingerprint)` of
+calls over both instances must equal the calls the workload made through both proxies.
 """
 
 from __future__ import annotations
