@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ from dbproxy.config import ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.export.http import HttpServer, export_routes
 from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
+from dbproxy.export.profiling import Profiler, ProfilingSettings, start_profiling
 from dbproxy.export.prometheus import DbproxyCollector
 from dbproxy.export.querylog import QueryLog, open_query_log
 from dbproxy.observe.aggregator import Aggregator, StatementNote
@@ -115,6 +117,7 @@ class App:
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_lock = asyncio.Lock()
         self._draining_stopped = False
+        self.profiler: Profiler | None = None
 
     async def start(self) -> None:
         await self.proxy.start()
@@ -130,7 +133,20 @@ class App:
         log.info("dbproxy serving %s and health checks on http://%s/", what, self.http.address)
         if self.tracing is not None:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
+        if self.config.pyroscope_server_address is not None:
+            self.profiler = start_profiling(self._profiling_settings(self.config))
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+
+    def _profiling_settings(self, config: ProxyConfig) -> ProfilingSettings:
+        assert config.pyroscope_server_address is not None
+        name = config.service_name or config.otel_env.get("OTEL_SERVICE_NAME", "").strip()
+        return ProfilingSettings(
+            server_address=config.pyroscope_server_address,
+            application_name=name or "dbproxy",
+            # as Prometheus names this proxy: host and the port of /metrics
+            tags={"instance": f"{socket.gethostname()}:{self.http.address.port}"},
+            env=config.pyroscope_env,
+        )
 
     async def drain(self) -> int:
         """Hand everything in the sink to the consumers; returns how many events.
@@ -194,6 +210,8 @@ class App:
         if self.query_log is not None:  # writes what the last drain queued
             await asyncio.to_thread(self.query_log.close, 5.0)
         await self.http.close()
+        if self.profiler is not None:
+            await asyncio.to_thread(self.profiler.stop)
 
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()

@@ -101,6 +101,10 @@ class ProxyConfig:
     ui_trace_url: str | None = None
     #: the standard OTEL_* variables, handed to the exporter explicitly
     otel_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Pyroscope server for the proxy's own CPU profiles (the `profiling` extra)
+    pyroscope_server_address: str | None = None
+    #: the other PYROSCOPE_* variables (auth, tenant), handed to the agent explicitly
+    pyroscope_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +410,8 @@ _SETTINGS = (
         "TEMPLATE",
         "trace UI link for the web UI, with {trace_id} and {span_id}",
     ),
+    # Pyroscope's own variable name, as its SDKs read it.
+    _Setting("pyroscope_server_address", "PYROSCOPE_SERVER_ADDRESS", _endpoint),
 )
 
 
@@ -462,6 +468,7 @@ def load_config(
             raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
     values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+    values["pyroscope_env"] = {k: v for k, v in env.items() if k.startswith("PYROSCOPE_")}
     return ProxyConfig(**values)  # type: ignore[arg-type]
 
 

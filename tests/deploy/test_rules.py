@@ -38,6 +38,7 @@ ALERTS = (
     "DBProxyThroughputDrop",
     "DBProxyUpstreamDown",
     "DBProxyEventsDropped",
+    "DBProxyRegressionFinding",
 )
 
 
@@ -264,3 +265,45 @@ def test_alertmanager_sends_the_regression_to_slack_and_inhibits_new_slow_query(
     time.sleep(2.5)
     titles = [c["body"]["attachments"][0]["title"] for c in slack.payloads]  # type: ignore[index]
     assert titles == [attachment["title"]], titles
+
+
+def _post(alertmanager: str, alerts: list[dict[str, object]]) -> None:
+    request = urllib.request.Request(
+        f"{alertmanager}/api/v2/alerts",
+        data=json.dumps(alerts).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def test_a_detector_finding_pages_once_for_its_query(alertmanager: str, slack: _Slack) -> None:
+    """One event, one page: the detector's finding mutes the PromQL latency alerts of the
+    same fingerprint, not those of another query."""
+    other = "0123456789abcdef"
+
+    def alert(name: str, fingerprint: str) -> dict[str, object]:
+        return {
+            "labels": {"alertname": name, "fingerprint": fingerprint, "severity": "warning"},
+            "annotations": {"summary": f"{name} {fingerprint}", "query": QUERY},
+        }
+
+    finding = alert("DBProxyRegressionFinding", FINGERPRINT)
+    finding["labels"]["type"] = "latency"  # type: ignore[index]
+    _post(
+        alertmanager,
+        [
+            finding,
+            alert("DBProxyQueryLatencyRegression", FINGERPRINT),
+            alert("DBProxyNewSlowQuery", FINGERPRINT),
+            alert("DBProxyQueryLatencyRegression", other),
+        ],
+    )
+    assert slack.received.wait(timeout=10), "no Slack webhook call within 10 s"
+    time.sleep(3)  # every group has flushed (group_wait 1 s)
+    titles = sorted(c["body"]["attachments"][0]["title"] for c in slack.payloads)  # type: ignore[index]
+    assert titles == [
+        f"[FIRING:1] DBProxyQueryLatencyRegression ({other})",
+        f"[FIRING:1] DBProxyRegressionFinding ({FINGERPRINT})",
+    ], titles
