@@ -14,6 +14,13 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-install-project --no-editable --extra profiling
 COPY dbproxy ./dbproxy
 RUN uv sync --frozen --no-editable --extra profiling
+# The mypyc-compiled hot modules (dbproxy/speedups.py): built against the installed
+# sources, then the compiler and mypy leave the venv again.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+    && uv pip install --python .venv/bin/python "mypy>=1.11" "setuptools>=69" \
+    && .venv/bin/python -m dbproxy.speedups_build build \
+    && .venv/bin/python -m dbproxy.speedups_build check \
+    && uv pip uninstall --python .venv/bin/python mypy mypy-extensions setuptools
 
 FROM python:3.12.11-slim-bookworm
 COPY --from=build /opt/dbproxy/.venv /opt/dbproxy/.venv
