@@ -229,6 +229,7 @@ def _build_inspector(config: ProxyConfig, fingerprinter: Fingerprinter) -> Inspe
             sample_analyze=config.sample_analyze,
             samples_per_minute=config.sample_analyze_per_minute,
             plan_interval_s=config.inspect_plan_interval,
+            plans_per_minute=config.inspect_plans_per_minute,
             interval_s=config.inspect_interval,
             top=config.inspect_top,
             statement_timeout_ms=config.inspect_statement_timeout_ms,

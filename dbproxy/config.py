@@ -109,6 +109,8 @@ class ProxyConfig:
     sample_analyze_per_minute: int = 60
     #: seconds between plans of the same fingerprint (slow or top)
     inspect_plan_interval: float = 300.0
+    #: at most this many generic plans per minute (all fingerprints)
+    inspect_plans_per_minute: int = 60
     #: seconds between planning the top fingerprints and reading pg_stat_statements
     inspect_interval: float = 60.0
     #: fingerprints planned periodically (the top ones by total time)
@@ -469,6 +471,7 @@ _SETTINGS = (
     ),
     _Setting("inspect_plan_interval", "DBPROXY_INSPECT_PLAN_INTERVAL", _positive_float),
     _Setting("inspect_interval", "DBPROXY_INSPECT_INTERVAL", _positive_float),
+    _Setting("inspect_plans_per_minute", "DBPROXY_INSPECT_PLANS_PER_MINUTE", _positive_int),
     _Setting("inspect_top", "DBPROXY_INSPECT_TOP", _positive_int),
     _Setting("inspect_statement_timeout_ms", "DBPROXY_INSPECT_STATEMENT_TIMEOUT_MS", _positive_int),
     _Setting(

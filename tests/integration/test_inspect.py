@@ -1,0 +1,240 @@
+"""The inspector's side connection against real PostgreSQL 18 (wheel) and 15 (Debian):
+generic plans and plan changes, sampled EXPLAIN ANALYZE (rows scanned) with no side
+effect, pg_stat_statements enrichment, and no literal anywhere it keeps or serves."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from dbproxy.pgcluster import NoPostgresAvailable, PgServer, acquire_server
+from tests.fixtures.fix_proxy import RunningProxy, start_proxy
+
+INSPECT_PASSWORD = "inspect-pw-123456"
+SENTINEL = "zqxsentinel"
+
+# The role the README documents (plus what the test server needs).
+INSPECT_ROLE_SQL = f"""
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dbproxy_inspect') THEN
+    CREATE ROLE dbproxy_inspect LOGIN PASSWORD '{INSPECT_PASSWORD}';
+  END IF;
+END $$;
+GRANT pg_read_all_stats, pg_read_all_data TO dbproxy_inspect;
+"""
+
+
+def _admin(pg: PgServer, sql: str, dbname: str | None = None) -> None:
+    with psycopg.connect(pg.admin_dsn(dbname=dbname or pg.database), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _prepare(pg: PgServer) -> None:
+    _admin(pg, INSPECT_ROLE_SQL)
+    _admin(pg, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    _admin(pg, "CREATE EXTENSION IF NOT EXISTS dblink")
+    _admin(pg, "GRANT EXECUTE ON FUNCTION dblink_exec(text, text) TO app")
+
+
+def _inspect_dsn(pg: PgServer) -> str:
+    return pg.dsn(user="dbproxy_inspect", password=INSPECT_PASSWORD, dbname="postgres")
+
+
+def _start(pg: PgServer, **overrides: Any) -> RunningProxy:
+    settings: dict[str, Any] = {
+        "inspect_dsn": _inspect_dsn(pg),
+        "explain_slow_ms": None,
+        "inspect_interval": 0.3,
+        "inspect_plan_interval": 0.3,
+        "inspect_top": 50,
+        "inspect_plans_per_minute": 100_000,
+    }
+    settings.update(overrides)
+    return start_proxy(pg, **settings)
+
+
+def _get(proxy: RunningProxy, path: str) -> Any:
+    with urllib.request.urlopen(proxy.http_url + path, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _get_status(proxy: RunningProxy, path: str) -> int:
+    try:
+        with urllib.request.urlopen(proxy.http_url + path, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _wait(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _fingerprint_of(proxy: RunningProxy, needle: str) -> str:
+    def find() -> str | None:
+        proxy.drain_now()
+        rows = _get(proxy, "/api/queries?limit=1000")["queries"]
+        for row in rows:
+            if needle in row["query"]:
+                return str(row["fingerprint"])
+        return None
+
+    return str(_wait(find, 10, f"a fingerprint with {needle!r}"))
+
+
+def _row(proxy: RunningProxy, fingerprint: str) -> dict[str, Any]:
+    proxy.drain_now()
+    rows: list[dict[str, Any]] = _get(proxy, f"/api/queries/{fingerprint}")["queries"]
+    return rows[0]
+
+
+@pytest.fixture(scope="module")
+def pg15() -> Iterator[PgServer]:
+    try:
+        with acquire_server(source="local") as server:
+            if server.version != 15:
+                pytest.fail(f"need PostgreSQL 15 from Debian, found {server.version}")
+            yield server
+    except NoPostgresAvailable as exc:
+        pytest.fail(f"PostgreSQL 15 (apt-get install postgresql-15) is needed: {exc}")
+
+
+@pytest.fixture(params=["18", "15"])
+def pg_any(request: pytest.FixtureRequest, pg_server: PgServer) -> PgServer:
+    if request.param == "15":
+        server: PgServer = request.getfixturevalue("pg15")
+    else:
+        server = pg_server
+    _prepare(server)
+    return server
+
+
+def _workload_tables(pg: PgServer, table: str) -> None:
+    _admin(
+        pg,
+        f"""
+        DROP TABLE IF EXISTS {table}_items, {table};
+        CREATE TABLE {table} (id int PRIMARY KEY, name text NOT NULL, grp int NOT NULL);
+        INSERT INTO {table} SELECT g, 'name' || g, g % 10 FROM generate_series(1, 20000) g;
+        CREATE INDEX {table}_name ON {table} (name);
+        CREATE TABLE {table}_items (id int PRIMARY KEY, parent int NOT NULL, qty int);
+        INSERT INTO {table}_items SELECT g, g % 50 + 1, g FROM generate_series(1, 500) g;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_items TO app;
+        ANALYZE {table}; ANALYZE {table}_items;
+        """,
+    )
+
+
+def test_plan_change_after_drop_index_and_rows_scanned(pg_any: PgServer) -> None:
+    table = f"insp_drop{pg_any.version}"
+    _workload_tables(pg_any, table)
+    proxy = _start(pg_any, sample_analyze=1.0, sample_analyze_per_minute=100_000)
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)  # literals in the text: simple protocol
+
+            def work(rounds: int) -> None:
+                for i in range(rounds):
+                    cur.execute(f"SELECT id, grp FROM {table} WHERE id = %s", (i % 1000 + 1,))
+                    cur.execute(f"SELECT count(*) FROM {table}_items WHERE qty > %s", (i % 7,))
+
+            work(20)
+            by_id = _fingerprint_of(proxy, f"FROM {table} WHERE id")
+            other = _fingerprint_of(proxy, f"FROM {table}_items WHERE qty")
+
+            def sampled() -> bool:
+                work(5)
+                return (_row(proxy, by_id).get("rows_scanned_samples") or 0) >= 3
+
+            _wait(sampled, 30, "rows-scanned samples before the drop")
+            before = _row(proxy, by_id)
+            assert before["plan"]["summary"] == f"Index Scan using {table}_pkey on {table}"
+            assert before["rows_scanned_per_call"] == 1
+            returned_before = before["rows_per_call"]
+
+            _admin(pg_any, f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+
+            def changed() -> bool:
+                work(5)
+                return _row(proxy, by_id)["plan_changes"] >= 1
+
+            _wait(changed, 30, "a plan change after dropping the index")
+
+            def scanned_rise() -> bool:
+                work(5)
+                return (_row(proxy, by_id)["rows_scanned_per_call"] or 0) > 1000
+
+            _wait(scanned_rise, 60, "rows scanned per call to rise")
+            after = _row(proxy, by_id)
+            assert after["rows_per_call"] == returned_before == 1
+            assert after["rows_scanned_per_returned"] > 1000
+
+            plans = _get(proxy, f"/api/queries/{by_id}/plans")["databases"][0]
+            summaries = [p["summary"] for p in plans["plans"]]
+            assert f"Index Scan using {table}_pkey on {table}" in summaries
+            assert any(s.startswith("Seq Scan on") or "Seq Scan" in s for s in summaries)
+            assert plans["current"] != plans["plans"][0]["id"]
+            # the other fingerprint kept its plan
+            assert _row(proxy, other)["plan_changes"] == 0
+            metrics = urllib.request.urlopen(proxy.http_url + "/metrics", timeout=10).read()
+            text = metrics.decode()
+            assert f'dbproxy_query_plan_changes_total{{database="app",fingerprint="{by_id}"}}' in (
+                text
+            )
+            assert f'dbproxy_query_rows_scanned{{database="app",fingerprint="{by_id}"}}' in text
+    finally:
+        proxy.stop()
+
+
+def test_nested_loop_rows_scanned_matches_hand_count(pg_server: PgServer) -> None:
+    pg = pg_server
+    _prepare(pg)
+    _admin(
+        pg,
+        """
+        DROP TABLE IF EXISTS insp_nl_items, insp_nl;
+        CREATE TABLE insp_nl (id int PRIMARY KEY, name text);
+        INSERT INTO insp_nl SELECT g, 'p' || g FROM generate_series(1, 5000) g;
+        CREATE TABLE insp_nl_items (id int PRIMARY KEY, parent int NOT NULL, qty int NOT NULL);
+        INSERT INTO insp_nl_items SELECT g, g % 5000 + 1, g FROM generate_series(1, 50000) g;
+        CREATE INDEX insp_nl_items_parent ON insp_nl_items (parent);
+        GRANT SELECT ON insp_nl, insp_nl_items TO app;
+        ANALYZE insp_nl; ANALYZE insp_nl_items;
+        """,
+    )
+    proxy = _start(pg, sample_analyze=1.0, sample_analyze_per_minute=100_000)
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)
+            sql = (
+                "SELECT p.id, i.qty FROM insp_nl p JOIN insp_nl_items i ON i.parent = p.id "
+                "WHERE p.id <= %s AND i.qty %% 2 = %s"
+            )
+            cur.execute(sql, (10, 0))
+            fp = _fingerprint_of(proxy, "FROM insp_nl p JOIN")
+
+            def sampled() -> bool:
+                cur.execute(sql, (10, 0))
+                return (_row(proxy, fp).get("rows_scanned_samples") or 0) >= 1
+
+            _wait(sampled, 30, "a sample of the nested loop")
+            row = _row(proxy, fp)
+        # hand count: 10 parents read by the outer index scan; then 10 loops of the inner
+        # scan, each reading the parent's 10 items (5 returned, 5 removed by the filter)
+        assert row["rows_per_call"] == 50
+        assert row["rows_scanned_per_call"] == 10 + 10 * 10, row
+    finally:
+        proxy.stop()
