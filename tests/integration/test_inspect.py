@@ -238,3 +238,183 @@ def test_nested_loop_rows_scanned_matches_hand_count(pg_server: PgServer) -> Non
         assert row["rows_scanned_per_call"] == 10 + 10 * 10, row
     finally:
         proxy.stop()
+
+
+def _stat(pg: PgServer, sql: str, *args: Any) -> Any:
+    with psycopg.connect(pg.admin_dsn(dbname=pg.database), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(sql, args).fetchone()
+        return row[0] if row else None
+
+
+def test_sampling_has_no_side_effect(pg_server: PgServer) -> None:
+    pg = pg_server
+    _prepare(pg)
+    _admin(
+        pg,
+        """
+        DROP TABLE IF EXISTS insp_fx, insp_fx_log;
+        CREATE TABLE insp_fx (id int PRIMARY KEY, qty int NOT NULL);
+        INSERT INTO insp_fx SELECT g, 0 FROM generate_series(1, 100) g;
+        CREATE TABLE insp_fx_log (id serial PRIMARY KEY, v int);
+        GRANT SELECT, INSERT, UPDATE, DELETE ON insp_fx, insp_fx_log TO app;
+        GRANT USAGE ON SEQUENCE insp_fx_log_id_seq TO app;
+        CREATE OR REPLACE FUNCTION insp_bump() RETURNS int LANGUAGE sql VOLATILE
+          AS $$ INSERT INTO insp_fx_log (v) VALUES (1) RETURNING v $$;
+        GRANT EXECUTE ON FUNCTION insp_bump() TO app;
+        """,
+    )
+    ins0 = _stat(pg, "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'insp_fx_log'")
+    upd0 = _stat(pg, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'insp_fx'")
+    proxy = _start(pg, sample_analyze=1.0, sample_analyze_per_minute=100_000, explain_slow_ms=0.0)
+    remote = pg.dsn(host="127.0.0.1")
+    rounds = 6
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)
+            for i in range(rounds):
+                cur.execute("UPDATE insp_fx SET qty = qty + 1 WHERE id = %s RETURNING qty", (1,))
+                cur.execute("DELETE FROM insp_fx WHERE id = %s RETURNING id", (1000 + i,))
+                cur.execute("INSERT INTO insp_fx_log (v) VALUES (%s) RETURNING id", (i,))
+                cur.execute("SELECT insp_bump()")
+                cur.execute("SELECT pg_advisory_lock(%s)", (4242,))
+                cur.execute("SELECT pg_advisory_unlock(%s)", (4242,))
+                conn.execute(
+                    "SELECT dblink_exec(%s, 'INSERT INTO insp_fx_log (v) VALUES (7)')", (remote,)
+                )
+                cur.execute("SELECT qty FROM insp_fx WHERE id = %s", (1,))
+                time.sleep(0.3)  # one sample per fingerprint and second
+            proxy.drain_now()
+            time.sleep(2.0)  # let queued samples run
+        jobs = proxy.call(lambda: dict(proxy.app.inspector.counts.jobs))  # type: ignore[union-attr]
+        assert jobs.get(("sample", "ok"), 0) >= 1, jobs  # the plain SELECT was sampled
+        assert jobs.get(("sample", "unsafe"), 0) >= 3, jobs  # bump, advisory lock, dblink
+        # table contents: exactly the client's writes
+        assert _stat(pg, "SELECT qty FROM insp_fx WHERE id = 1") == rounds
+        assert _stat(pg, "SELECT count(*) FROM insp_fx_log") == rounds * 3
+        # the server's own counters agree (stats are flushed within a second or so)
+        _wait(
+            lambda: _stat(
+                pg, "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'insp_fx_log'"
+            )
+            - ins0
+            == rounds * 3,
+            10,
+            "insert statistics",
+        )
+        assert (
+            _stat(pg, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'insp_fx'")
+            - upd0
+            == rounds
+        )
+        assert _stat(pg, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        proxy.stop()
+
+
+def test_sampler_safety_net_read_only_and_unlock(pg_server: PgServer) -> None:
+    """Even a statement the pg_proc check would refuse leaves nothing behind."""
+    import asyncio
+
+    from dbproxy.inspect.side import SidePools
+
+    pg = pg_server
+    _prepare(pg)
+    _admin(
+        pg,
+        """
+        DROP TABLE IF EXISTS insp_net_log;
+        CREATE TABLE insp_net_log (v int);
+        CREATE OR REPLACE FUNCTION insp_net_bump() RETURNS int LANGUAGE sql VOLATILE
+          AS $$ INSERT INTO insp_net_log (v) VALUES (1) RETURNING v $$;
+        """,
+    )
+
+    async def run() -> list[str]:
+        pools = SidePools(_inspect_dsn(pg))
+        outcomes = []
+        try:
+            for sql in ("SELECT pg_advisory_lock(777)", "SELECT insp_net_bump()"):
+                try:
+                    await pools.sample_analyze(pg.database, "app", sql, [])
+                    outcomes.append("ran")
+                except Exception as exc:
+                    outcomes.append(type(exc).__name__)
+            pool = await pools.pool(pg.database)
+            async with pool.acquire() as conn:
+                held = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                )
+                outcomes.append(f"locks={held}")
+        finally:
+            await pools.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes[0] == "ran"  # the lock was taken inside EXPLAIN ANALYZE …
+    assert outcomes[1] == "ReadOnlySQLTransactionError"  # … the write refused by READ ONLY
+    assert outcomes[2] == "locks=0"  # … and pg_advisory_unlock_all released the lock
+    assert _stat(pg, "SELECT count(*) FROM insp_net_log") == 0
+
+
+def test_no_literal_anywhere(pg_any: PgServer, caplog: pytest.LogCaptureFixture) -> None:
+    pg = pg_any
+    caplog.set_level("DEBUG", logger="dbproxy")
+    table = f"insp_lit{pg.version}"
+    _workload_tables(pg, table)
+    proxy = _start(pg, sample_analyze=1.0, sample_analyze_per_minute=100_000, explain_slow_ms=0.0)
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)
+            statements = [
+                (f"SELECT id FROM {table} WHERE name LIKE %s", (SENTINEL + "%",)),
+                (f"SELECT id FROM {table} WHERE name = %s", (SENTINEL + "-42",)),
+                (f"SELECT count(*) FROM {table} WHERE id > %s", (987654321,)),
+                (f"SELECT id FROM {table} WHERE name = 'n' || %s", (SENTINEL,)),
+            ]
+            for _ in range(8):
+                for sql, args in statements:
+                    cur.execute(sql, args)
+                # extended protocol too (Parse text with $n; the sentinel only in Bind)
+                conn.execute(f"SELECT id FROM {table} WHERE name = %s", (SENTINEL + "-x",))
+                time.sleep(0.3)
+            fps = [_fingerprint_of(proxy, f"FROM {table} WHERE name LIKE")]
+            _wait(
+                lambda: _row(proxy, fps[0]).get("rows_scanned_samples", 0) >= 1
+                and _row(proxy, fps[0])["plan"] is not None,
+                30,
+                "a sample and a plan of the LIKE query",
+            )
+            proxy.drain_now()
+            _wait(
+                lambda: proxy.call(lambda: bool(proxy.app.inspector.store.server)),  # type: ignore[union-attr]
+                30,
+                "pg_stat_statements read",
+            )
+        everything = [json.dumps(_get(proxy, "/api/queries?limit=1000"))]
+        for row in _get(proxy, "/api/queries?limit=1000")["queries"]:
+            everything.append(json.dumps(_get(proxy, f"/api/queries/{row['fingerprint']}")))
+            if _get_status(proxy, f"/api/queries/{row['fingerprint']}/plans") == 200:
+                everything.append(
+                    json.dumps(_get(proxy, f"/api/queries/{row['fingerprint']}/plans"))
+                )
+        with urllib.request.urlopen(proxy.http_url + "/metrics", timeout=10) as resp:
+            everything.append(resp.read().decode())
+        store = proxy.call(lambda: proxy.app.inspector.store)  # type: ignore[union-attr]
+        everything.append(repr(store.__dict__))
+        everything.append(json.dumps([[p.plan for p in ps] for ps in store._plans.values()]))
+        everything.append(caplog.text)
+        joined = "\n".join(everything)
+        assert "LIKE" in joined and "Index" in joined  # the searched texts are not empty
+        for needle in (SENTINEL, "987654321"):
+            assert needle not in joined
+        # the server's own pg_stat_statements holds no literal of the workload either
+        with psycopg.connect(pg.admin_dsn(dbname=pg.database), autocommit=True) as admin:
+            leaked = admin.execute(
+                "SELECT count(*) FROM pg_stat_statements WHERE strpos(query, %s) > 0"
+                " OR strpos(query, %s) > 0",
+                (SENTINEL, "987654321"),
+            ).fetchone()
+        assert leaked == (0,)
+    finally:
+        proxy.stop()
