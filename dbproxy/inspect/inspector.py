@@ -39,6 +39,8 @@ __all__ = ["InspectSettings", "Inspector", "RowsScannedCallback"]
 #: operations a plan is taken for (EXPLAIN without ANALYZE never executes them)
 EXPLAINABLE: Final = frozenset(("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"))
 RowsScannedCallback = Callable[[str, str, float, float], None]
+#: seconds before a fingerprint whose plan or sample failed is tried again
+PLAN_RETRY_S: Final = 600.0
 
 
 class _Fingerprints(Protocol):
@@ -75,6 +77,7 @@ class _KeyInfo:
     params: int
     total_ns: int = 0
     unsafe_until: float = 0.0  # not sampled before (volatile functions found)
+    plan_failed_until: float = 0.0  # not planned before (the last plan failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +252,8 @@ class Inspector:
         upper = info.text.upper()
         if " FOR UPDATE" in upper or " FOR SHARE" in upper or " FOR NO KEY" in upper:
             return False
-        return info.unsafe_until <= self._clock()
+        now = self._clock()
+        return info.unsafe_until <= now and info.plan_failed_until <= now
 
     def _enqueue(self, job: _Job, kind: str) -> bool:
         if self._queue is None:
@@ -262,7 +266,9 @@ class Inspector:
         return True
 
     def _plan(self, key: tuple[str, str], info: _KeyInfo) -> None:
-        if info.text is None or not self._plan_limit.allow(key):
+        if info.text is None or info.plan_failed_until > self._clock():
+            return
+        if not self._plan_limit.allow(key):
             return
         self._enqueue(_PlanJob(key[0], key[1], info.user, info.text, info.params), "plan")
 
@@ -313,6 +319,7 @@ class Inspector:
                 raise
             except Exception as exc:
                 outcome = "failed"
+                self._backoff(job)
                 # the message is the server's (no values: only literal-free text is sent)
                 log.warning(
                     "inspector %s job for %s failed: %s: %s",
@@ -323,6 +330,14 @@ class Inspector:
                 )
             self.counts.add(kind, outcome)
             del job  # a sample's values go with it
+
+    def _backoff(self, job: _Job) -> None:
+        """A plan that failed (no privilege on a table, a statement the rewrite broke) is
+        not retried for a while: the failure is counted, not repeated every interval."""
+        if isinstance(job, _PlanJob | _SampleJob):
+            info = self._keys.get((job.fingerprint, job.database))
+            if info is not None:
+                info.plan_failed_until = self._clock() + PLAN_RETRY_S
 
     async def _run(self, job: _Job) -> str:
         if isinstance(job, _PlanJob):

@@ -24,7 +24,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Final
 
-from dbproxy.sql.keywords import INTERVAL_FIELDS
+from dbproxy.sql.keywords import BY_CLAUSE_END, INTERVAL_FIELDS
 from dbproxy.sql.lexer import NUMBER, PARAM, PUNCT, QIDENT, STRING, WORD, Token, tokenize
 from dbproxy.sql.normalize import _skip_type, _typed_literal_end
 
@@ -36,7 +36,7 @@ _BY_STOP: Final = frozenset(
         *("EXCEPT", "RETURNING", "SELECT", "FROM", "WHERE", "ON", "PARTITION"),
     )
 )
-_ORDINAL_FOLLOW: Final = frozenset(("ASC", "DESC", "NULLS", "USING"))
+_ORDINAL_FOLLOW: Final = _BY_STOP | BY_CLAUSE_END | {"GROUP"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +86,7 @@ def _is_ordinal(tokens: list[Token], i: int, in_by: bool) -> bool:
     if not (prev == (PUNCT, ",") or _upper(prev) == "BY"):
         return False
     nxt = tokens[i + 1] if i + 1 < len(tokens) else (PUNCT, ";")
-    return nxt in ((PUNCT, ","), (PUNCT, ")"), (PUNCT, ";")) or _upper(nxt) in (
-        _BY_STOP | _ORDINAL_FOLLOW
-    )
+    return nxt in ((PUNCT, ","), (PUNCT, ")"), (PUNCT, ";")) or _upper(nxt) in _ORDINAL_FOLLOW
 
 
 def parameterize(sql: str) -> Parameterized | None:

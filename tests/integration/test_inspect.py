@@ -418,3 +418,49 @@ def test_no_literal_anywhere(pg_any: PgServer, caplog: pytest.LogCaptureFixture)
         assert leaked == (0,)
     finally:
         proxy.stop()
+
+
+def test_pg_stat_statements_matched_to_pgbench_fingerprints(pg_server: PgServer) -> None:
+    import os
+    import subprocess
+
+    pg = pg_server
+    _prepare(pg)
+    db = "insp_pgss"
+    _admin(pg, f"DROP DATABASE IF EXISTS {db}", dbname="postgres")
+    _admin(pg, f"CREATE DATABASE {db} OWNER app", dbname="postgres")
+    _admin(pg, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname=db)
+
+    def pgbench(env: dict[str, str], *args: str) -> str:
+        done = subprocess.run(
+            [pg.tool("pgbench"), *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    pgbench(pg.env(base=os.environ, dbname=db), "-i", "-q", "-s", "1")
+    proxy = _start(pg, inspect_interval=0.5)
+    try:
+        pgbench(proxy.env(dbname=db), "-n", "-c", "2", "-t", "50")
+        update = _fingerprint_of(proxy, "UPDATE pgbench_accounts")
+
+        def matched() -> dict[str, Any] | None:
+            row = next(r for r in _get(proxy, f"/api/queries/{update}")["queries"])
+            server = row.get("server")
+            return row if server and server["calls"] >= row["calls"] else None
+
+        row = _wait(matched, 30, "pg_stat_statements numbers for pgbench's UPDATE")
+        server = row["server"]
+        assert row["database"] == db
+        assert server["calls"] == row["calls"] == 100  # only the proxied run made them
+        assert server["queryids"]
+        assert server["shared_blks_hit"] + server["shared_blks_read"] > 0
+        assert server["mean_exec_time_ms"] > 0
+        assert server["wal_bytes"] > 0  # an UPDATE writes WAL
+        select = _fingerprint_of(proxy, "SELECT abalance FROM pgbench_accounts")
+        sel_server = _row(proxy, select)["server"]
+        assert sel_server["calls"] == 100
+        assert sel_server["queryids"] != server["queryids"]
+    finally:
+        proxy.stop()
+        _admin(pg, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", dbname="postgres")
