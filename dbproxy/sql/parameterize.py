@@ -137,7 +137,8 @@ def parameterize(sql: str) -> Parameterized | None:
                 out.append(f"CAST(${n} AS {' '.join(t for _, t in type_tokens)})")
                 i = j
                 continue
-        if kind == PUNCT and text == "::":  # a cast's type: syntax, copied as written
+        if (kind == PUNCT and text == "::") or up == "AS":
+            # a cast's type (or an alias): syntax, copied as written, typmods included
             j = _skip_type(tokens, i + 1)
             if any(k in (STRING, PARAM) for k, _ in tokens[i + 1 : j]):
                 return None
