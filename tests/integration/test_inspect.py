@@ -236,6 +236,9 @@ def test_nested_loop_rows_scanned_matches_hand_count(pg_server: PgServer) -> Non
         # scan, each reading the parent's 10 items (5 returned, 5 removed by the filter)
         assert row["rows_per_call"] == 50
         assert row["rows_scanned_per_call"] == 10 + 10 * 10, row
+        assert row["rows_scanned_per_returned"] == 2.2
+        _wait(lambda: _get_status(proxy, f"/api/queries/{fp}/plans") == 200, 10, "a plan")
+        _check_query_page(proxy, fp, "110")
     finally:
         proxy.stop()
 
@@ -245,6 +248,36 @@ def _stat(pg: PgServer, sql: str, *args: Any) -> Any:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(sql, args).fetchone()
         return row[0] if row else None
+
+
+def _check_query_page(proxy: RunningProxy, fp: str, scanned: str) -> None:
+    """The UI's query page shows rows scanned, the plans and the slow samples."""
+    import playwright.sync_api as playwright_sync
+
+    from tests.integration.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
+
+    problems: list[str] = []
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+            page.on(
+                "console",
+                lambda m: problems.append(m.text) if m.type in ("error", "warning") else None,
+            )
+            page.goto(f"{proxy.http_url}/#/query/{fp}")
+            page.wait_for_selector("#inspect tbody tr")
+            page.wait_for_selector("table.plans tbody tr")
+            page.wait_for_selector("#slow tbody tr")
+            cells = page.eval_on_selector_all(
+                "#inspect tbody tr:first-child td", "els => els.map(e => e.textContent)"
+            )
+            assert cells[2] == scanned, cells
+            assert "current" in page.inner_text("table.plans")
+        finally:
+            browser.close()
+    assert not problems, problems
 
 
 def test_sampling_has_no_side_effect(pg_server: PgServer) -> None:
