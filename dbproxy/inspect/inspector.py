@@ -94,7 +94,9 @@ class _SampleJob:
     fingerprint: str
     database: str
     user: str
-    statement: Parameterized = field(repr=False)  # holds the execution's values
+    statement: Parameterized = field(repr=False)  # holds the execution's literals
+    bind_values: tuple[str | None, ...] = field(default=(), repr=False)  # and Bind values
+    declared_oids: tuple[int, ...] = ()  # the Parse's parameter types (0: unspecified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,13 +275,21 @@ class Inspector:
         self._enqueue(_PlanJob(key[0], key[1], info.user, info.text, info.params), "plan")
 
     def _sample(self, key: tuple[str, str], info: _KeyInfo, st: StatementFinished) -> None:
-        statement = parameterize(st.text)  # this execution's values
-        if statement is None or statement.original_params or not statement.sampleable:
-            self.counts.add("sample", "skipped")  # bind values are not kept by the proxy
+        statement = parameterize(st.text)  # this execution's literals
+        if statement is None or not statement.sampleable:
+            self.counts.add("sample", "skipped")
             return
+        bind: tuple[str | None, ...] = ()
+        if statement.original_params:  # extended protocol: the Bind's values are needed
+            values = st.param_values
+            if values is None or len(values) != statement.original_params:
+                self.counts.add("sample", "skipped")  # binary format, or too big to capture
+                return
+            bind = values
         if not self._sample_limit.allow(key):
             return
-        self._enqueue(_SampleJob(key[0], key[1], st.user, statement), "sample")
+        job = _SampleJob(key[0], key[1], st.user, statement, bind, st.param_type_oids)
+        self._enqueue(job, "sample")
 
     # ------------------------------------------------------------------ off the hot path
     async def _periodic(self) -> None:
@@ -390,9 +400,9 @@ class Inspector:
             if info is not None:
                 info.unsafe_until = self._clock() + 600.0
             return "unsafe"
-        values = [v for v in job.statement.literals if v is not None]
+        values = [*job.bind_values, *job.statement.literals]
         explain = await self.pools.sample_analyze(
-            job.database, job.user, job.statement.text, values
+            job.database, job.user, job.statement.text, values, job.declared_oids
         )
         count = rows_scanned(explain)
         del explain  # a custom plan: it shows the values; only its numbers are kept

@@ -203,7 +203,12 @@ class SidePools:
         return {str(r["proname"]) for r in rows}
 
     async def sample_analyze(
-        self, database: str, user: str, text: str, values: Sequence[str]
+        self,
+        database: str,
+        user: str,
+        text: str,
+        values: Sequence[str | None],
+        declared_oids: Sequence[int] = (),
     ) -> Any:
         """``EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`` of ``text`` with ``values`` bound, in
         ``BEGIN READ ONLY … ROLLBACK``, then ``pg_advisory_unlock_all(); DISCARD ALL``.
@@ -220,6 +225,9 @@ class SidePools:
                     if values:
                         stmt = await conn.prepare(text)
                         oids = [t.oid for t in stmt.get_parameters()]
+                        for i, oid in enumerate(declared_oids[: len(oids)]):
+                            if oid:  # the client's declared type, as the server saw it
+                                oids[i] = oid
                         types = list(
                             await conn.fetchval(
                                 "SELECT array_agg(format_type(o, NULL) ORDER BY n)"

@@ -7,7 +7,7 @@ spans and logs).  Both come from the clock the proxy passes in, so tests control
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Protocol = Literal["simple", "extended", "function"]
@@ -101,6 +101,10 @@ class StatementEvent:
     #: then does its sqlcommenter traceparent describe this execution; a named statement
     #: executed later carries its old Parse text and comment
     text_in_batch: bool = True
+    #: the Bind's text-format parameter values (None: NULL), only from sessions created with
+    #: ``keep_bind_values=True`` (the opt-in EXPLAIN ANALYZE sampler); held in memory only,
+    #: never logged, stored or exported
+    param_values: tuple[str | None, ...] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -503,3 +503,46 @@ def test_pg_stat_statements_matched_to_pgbench_fingerprints(pg_server: PgServer)
     finally:
         proxy.stop()
         _admin(pg, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", dbname="postgres")
+
+
+def test_extended_protocol_statements_are_sampled_with_their_bind_values(
+    pg_server: PgServer,
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    pg = pg_server
+    _prepare(pg)
+    table = "insp_ext"
+    _workload_tables(pg, table)
+    proxy = _start(pg, sample_analyze=1.0, sample_analyze_per_minute=100_000)
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            sql = f"SELECT id FROM {table} WHERE name = %s AND grp >= %s"
+            conn.execute(sql, ("name77", 0))  # Parse with $1, $2; text values in the Bind
+            fp = _fingerprint_of(proxy, f"FROM {table} WHERE name")
+
+            def sampled() -> bool:
+                conn.execute(sql, ("name77", 0))
+                return (_row(proxy, fp).get("rows_scanned_samples") or 0) >= 2
+
+            _wait(sampled, 30, "samples of an extended-protocol statement")
+        row = _row(proxy, fp)
+        assert row["rows_scanned_per_call"] == 1  # the name index found the one row
+
+        async def binary() -> None:  # asyncpg sends binary values: not sampled, counted
+            conn = await asyncpg.connect(proxy.dsn())
+            try:
+                for _ in range(3):
+                    await conn.fetch(f"SELECT id FROM {table} WHERE id = $1", 5)
+                    await asyncio.sleep(0.3)
+            finally:
+                await conn.close()
+
+        asyncio.run(binary())
+        proxy.drain_now()
+        jobs = proxy.call(lambda: dict(proxy.app.inspector.counts.jobs))  # type: ignore[union-attr]
+        assert jobs.get(("sample", "skipped"), 0) >= 1, jobs
+    finally:
+        proxy.stop()
