@@ -420,13 +420,24 @@ class Inspector:
         rows = await self.pools.pg_stat_statements(job.database)
         if not rows:
             return "unavailable"
+        # a row belongs to a fingerprint by its queryid (EXPLAIN VERBOSE of the statement's
+        # $n text: the extended-protocol form) or by its normalized text (the server's $n
+        # text of literal statements hashes differently, but normalizes the same)
+        by_queryid = {
+            qid: fp
+            for (fp, db), qids in self.store.queryids.items()
+            if db == job.database
+            for qid in qids
+        }
         by_fp: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
-            text = row.get("query") or ""
-            if not text:
-                continue
-            fp = self._fingerprinter.fingerprint(text)
-            by_fp.setdefault(fp.id, []).append(row)
+            fp_id = by_queryid.get(row.get("queryid") or 0)
+            if fp_id is None:
+                text = row.get("query") or ""
+                if not text:
+                    continue
+                fp_id = self._fingerprinter.fingerprint(text).id
+            by_fp.setdefault(fp_id, []).append(row)
         at_s = self._clock()
         self.store.record_server(
             job.database,

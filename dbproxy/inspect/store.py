@@ -179,6 +179,8 @@ class InspectStore:
         self.plan_changes: dict[Key, int] = {}
         self.rows: dict[Key, RowsScanned] = {}
         self.server: dict[Key, ServerStats] = {}
+        #: pg_stat_statements queryids from EXPLAIN (VERBOSE)'s "Query Identifier"
+        self.queryids: dict[Key, set[int]] = {}
         self._slow: dict[Key, list[SlowSample]] = {}
 
     # ---------------------------------------------------------------- plans
@@ -189,6 +191,11 @@ class InspectStore:
         root = plan_root(explain)
         pid = plan_id(root)
         key = (fingerprint, database)
+        doc = explain[0] if isinstance(explain, list) and explain else explain
+        queryid = doc.get("Query Identifier") if isinstance(doc, Mapping) else None
+        if isinstance(queryid, int) and queryid:
+            if key in self.queryids or len(self.queryids) < self.max_keys:
+                self.queryids.setdefault(key, set()).add(queryid)
         plans = self._plans.get(key)
         if plans is None:
             if len(self._plans) >= self.max_keys:

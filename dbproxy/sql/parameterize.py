@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from dbproxy.sql.keywords import BY_CLAUSE_END, INTERVAL_FIELDS
-from dbproxy.sql.lexer import NUMBER, PARAM, PUNCT, QIDENT, STRING, WORD, Token, tokenize
+from dbproxy.sql.lexer import NUMBER, OP, PARAM, PUNCT, QIDENT, STRING, WORD, Token, tokenize
 from dbproxy.sql.normalize import _skip_type, _typed_literal_end
 
 __all__ = ["Parameterized", "called_functions", "parameterize"]
@@ -34,6 +34,14 @@ _BY_STOP: Final = frozenset(
     (
         *("LIMIT", "OFFSET", "FETCH", "HAVING", "WINDOW", "FOR", "UNION", "INTERSECT"),
         *("EXCEPT", "RETURNING", "SELECT", "FROM", "WHERE", "ON", "PARTITION"),
+    )
+)
+#: keywords after which a ``-`` is a sign, not a subtraction
+_SIGN_AFTER: Final = frozenset(
+    (
+        *("SELECT", "WHERE", "AND", "OR", "NOT", "THEN", "ELSE", "WHEN", "CASE", "VALUES"),
+        *("LIMIT", "OFFSET", "RETURNING", "SET", "BY", "IN", "BETWEEN", "IS", "LIKE", "ON"),
+        *("HAVING", "ILIKE", "ANY", "ALL", "SOME", "DISTINCT", "FROM", "TO", "AT", "ZONE"),
     )
 )
 _ORDINAL_FOLLOW: Final = _BY_STOP | BY_CLAUSE_END | {"GROUP"}
@@ -87,6 +95,20 @@ def _is_ordinal(tokens: list[Token], i: int, in_by: bool) -> bool:
         return False
     nxt = tokens[i + 1] if i + 1 < len(tokens) else (PUNCT, ";")
     return nxt in ((PUNCT, ","), (PUNCT, ")"), (PUNCT, ";")) or _upper(nxt) in _ORDINAL_FOLLOW
+
+
+def _is_sign(tokens: list[Token], i: int) -> bool:
+    """``tokens[i]`` is a ``-`` that signs what follows (not a subtraction)."""
+    if tokens[i] != (OP, "-"):
+        return False
+    if i == 0:
+        return True
+    kind, text = tokens[i - 1]
+    if kind == OP:
+        return True
+    if kind == PUNCT:
+        return text in ("(", ",", "[")
+    return _upper(tokens[i - 1]) in _SIGN_AFTER
 
 
 def parameterize(sql: str) -> Parameterized | None:
@@ -151,7 +173,11 @@ def parameterize(sql: str) -> Parameterized | None:
             out.append(f"${n}")
         elif kind == NUMBER and not _is_ordinal(tokens, i, by_depth == depth):
             n += 1
-            literals.append(text.replace("_", "") if text[:1].isdigit() else text)
+            value = text.replace("_", "") if text[:1].isdigit() else text
+            if out and out[-1] == "-" and _is_sign(tokens, i - 1):
+                out.pop()  # ``-1`` is one constant: ``- $1`` would be ambiguous (unknown)
+                value = "-" + value
+            literals.append(value)
             out.append(f"${n}")
         else:
             out.append(text)

@@ -480,7 +480,9 @@ def test_pg_stat_statements_matched_to_pgbench_fingerprints(pg_server: PgServer)
     pgbench(pg.env(base=os.environ, dbname=db), "-i", "-q", "-s", "1")
     proxy = _start(pg, inspect_interval=0.5)
     try:
-        pgbench(proxy.env(dbname=db), "-n", "-c", "2", "-t", "50")
+        # literals (simple protocol) and $n (extended): one fingerprint, two queryids
+        pgbench(proxy.env(dbname=db), "-n", "-c", "2", "-t", "50", "-M", "simple")
+        pgbench(proxy.env(dbname=db), "-n", "-c", "2", "-t", "50", "-M", "extended")
         update = _fingerprint_of(proxy, "UPDATE pgbench_accounts")
 
         def matched() -> dict[str, Any] | None:
@@ -491,14 +493,24 @@ def test_pg_stat_statements_matched_to_pgbench_fingerprints(pg_server: PgServer)
         row = _wait(matched, 30, "pg_stat_statements numbers for pgbench's UPDATE")
         server = row["server"]
         assert row["database"] == db
-        assert server["calls"] == row["calls"] == 100  # only the proxied run made them
-        assert server["queryids"]
+        assert server["calls"] == row["calls"] == 200  # only the proxied runs made them
+        assert len(server["queryids"]) == 2
         assert server["shared_blks_hit"] + server["shared_blks_read"] > 0
         assert server["mean_exec_time_ms"] > 0
         assert server["wal_bytes"] > 0  # an UPDATE writes WAL
         select = _fingerprint_of(proxy, "SELECT abalance FROM pgbench_accounts")
         sel_server = _row(proxy, select)["server"]
-        assert sel_server["calls"] == 100
+        assert sel_server["calls"] == 200
+        # EXPLAIN (VERBOSE) of the $n text gave the extended-protocol form's queryid (the
+        # UPDATE is not explained: the read-only role may not UPDATE pgbench_accounts)
+        explained = _wait(
+            lambda: proxy.call(
+                lambda: set(proxy.app.inspector.store.queryids.get((select, db), ()))  # type: ignore[union-attr]
+            ),
+            10,
+            "the SELECT's queryid from EXPLAIN (VERBOSE)",
+        )
+        assert {str(q) for q in explained} < set(sel_server["queryids"])
         assert sel_server["queryids"] != server["queryids"]
     finally:
         proxy.stop()

@@ -39,6 +39,13 @@ def test_typed_literals_casts_and_type_modifiers_keep_their_types() -> None:
     )
 
 
+def test_negative_numbers_are_one_constant_but_subtraction_stays() -> None:
+    p = parameterize("UPDATE a SET b = b + -5, c = c - 3 WHERE d IN (-1, 2) AND e > -0.5")
+    assert p is not None
+    assert p.text == "UPDATE a SET b = b + $1 , c = c - $2 WHERE d IN ( $3 , $4 ) AND e > $5"
+    assert p.literals == ("-5", "3", "-1", "2", "-0.5")
+
+
 def test_order_and_group_by_ordinals_stay() -> None:
     p = parameterize("SELECT a, count(*) FROM t WHERE b = 3 GROUP BY 1, 2 ORDER BY 2 DESC, 1")
     assert p is not None
