@@ -193,9 +193,9 @@ class InspectStore:
         key = (fingerprint, database)
         doc = explain[0] if isinstance(explain, list) and explain else explain
         queryid = doc.get("Query Identifier") if isinstance(doc, Mapping) else None
-        if isinstance(queryid, int) and queryid:
-            if key in self.queryids or len(self.queryids) < self.max_keys:
-                self.queryids.setdefault(key, set()).add(queryid)
+        room = key in self.queryids or len(self.queryids) < self.max_keys
+        if isinstance(queryid, int) and queryid and room:
+            self.queryids.setdefault(key, set()).add(queryid)
         plans = self._plans.get(key)
         if plans is None:
             if len(self._plans) >= self.max_keys:
