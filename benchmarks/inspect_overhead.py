@@ -100,7 +100,7 @@ def main() -> None:
                 if name == "dbproxy":
                     continue
                 text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
-                jobs = [line for line in text.splitlines() if line.startswith("dbproxy_inspect_jobs")]
+                jobs = [ln for ln in text.splitlines() if ln.startswith("dbproxy_inspect_jobs")]
                 print(name, "jobs:", "; ".join(jobs))
         finally:
             for proc, _, _ in procs.values():
