@@ -78,6 +78,7 @@ class _KeyInfo:
     total_ns: int = 0
     unsafe_until: float = 0.0  # not sampled before (volatile functions found)
     plan_failed_until: float = 0.0  # not planned before (the last plan failed)
+    sample_ok: bool = False  # a plain read, not opted out (decided once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,7 @@ class Inspector:
             if self._slow_ns is not None and st.duration_ns >= self._slow_ns:
                 self._plan(key, info)
             rate = self.settings.sample_analyze
-            if rate > 0 and self._sampleable(info, fp.id) and self._rng() < rate:
+            if rate > 0 and info.sample_ok and self._rng() < rate and self._may_sample(info):
                 self._sample(key, info, st)
 
     def _new_key(self, key: tuple[str, str], fp: Any, st: StatementFinished) -> _KeyInfo:
@@ -240,6 +241,7 @@ class Inspector:
             text=p.text if p is not None else None,
             params=p.params if p is not None else 0,
         )
+        info.sample_ok = self._sampleable(info, fp.id)
         self._keys[key] = info
         self._databases.add(st.database)
         if len(self._keys) > self.settings.max_keys:
@@ -247,13 +249,18 @@ class Inspector:
         return info
 
     def _sampleable(self, info: _KeyInfo, fingerprint: str) -> bool:
+        """Whether a fingerprint may ever be sampled: a plain read, not opted out."""
         if info.operation != "SELECT" or info.kind != "read" or info.text is None:
             return False
         if fingerprint in self._exclude or self._exclude.intersection(info.tables):
             return False
-        upper = info.text.upper()
-        if " FOR UPDATE" in upper or " FOR SHARE" in upper or " FOR NO KEY" in upper:
-            return False
+        upper = f" {info.text.upper()} "
+        return not any(
+            lock in upper for lock in (" FOR UPDATE ", " FOR SHARE ", " FOR NO ", " FOR KEY ")
+        )
+
+    def _may_sample(self, info: _KeyInfo) -> bool:
+        """Not now: a volatile function was found, or its last plan or sample failed."""
         now = self._clock()
         return info.unsafe_until <= now and info.plan_failed_until <= now
 
