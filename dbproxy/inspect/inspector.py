@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from dbproxy.inspect.plan import plan_functions, rows_scanned
-from dbproxy.inspect.side import APPLICATION_NAME, SidePools
+from dbproxy.inspect.side import APPLICATION_NAME, SidePools, search_path_for
 from dbproxy.inspect.store import InspectStore, PlanChange, ServerStats, SlowSample
 from dbproxy.protocol.events import Event, SessionClosed, SessionOpened, StatementFinished
 from dbproxy.sql.parameterize import Parameterized, called_functions, parameterize
@@ -69,7 +69,7 @@ class InspectSettings:
 
 @dataclass(slots=True)
 class _KeyInfo:
-    user: str
+    search_path: str  # the client's, resolved for the side connection
     operation: str
     kind: str
     tables: tuple[str, ...]
@@ -85,7 +85,7 @@ class _KeyInfo:
 class _PlanJob:
     fingerprint: str
     database: str
-    user: str
+    search_path: str
     text: str
     params: int
 
@@ -94,7 +94,7 @@ class _PlanJob:
 class _SampleJob:
     fingerprint: str
     database: str
-    user: str
+    search_path: str
     statement: Parameterized = field(repr=False)  # holds the execution's literals
     bind_values: tuple[str | None, ...] = field(default=(), repr=False)  # and Bind values
     declared_oids: tuple[int, ...] = ()  # the Parse's parameter types (0: unspecified)
@@ -234,7 +234,7 @@ class Inspector:
     def _new_key(self, key: tuple[str, str], fp: Any, st: StatementFinished) -> _KeyInfo:
         p = parameterize(st.text)
         info = _KeyInfo(
-            user=st.user,
+            search_path=search_path_for(st.user, st.search_path),
             operation=str(fp.operation),
             kind=str(getattr(fp.kind, "value", fp.kind)),
             tables=tuple(fp.tables),
@@ -279,7 +279,7 @@ class Inspector:
             return
         if not self._plan_limit.allow(key):
             return
-        self._enqueue(_PlanJob(key[0], key[1], info.user, info.text, info.params), "plan")
+        self._enqueue(_PlanJob(key[0], key[1], info.search_path, info.text, info.params), "plan")
 
     def _sample(self, key: tuple[str, str], info: _KeyInfo, st: StatementFinished) -> None:
         statement = parameterize(st.text)  # this execution's literals
@@ -295,7 +295,7 @@ class Inspector:
             bind = values
         if not self._sample_limit.allow(key):
             return
-        job = _SampleJob(key[0], key[1], st.user, statement, bind, st.param_type_oids)
+        job = _SampleJob(key[0], key[1], info.search_path, statement, bind, st.param_type_oids)
         self._enqueue(job, "sample")
 
     # ------------------------------------------------------------------ off the hot path
@@ -364,7 +364,9 @@ class Inspector:
         return await self._run_pgss(job)
 
     async def _run_plan(self, job: _PlanJob) -> str:
-        plan, version = await self.pools.generic_plan(job.database, job.user, job.text, job.params)
+        plan, version = await self.pools.generic_plan(
+            job.database, job.search_path, job.text, job.params
+        )
         change = self.store.record_plan(
             job.fingerprint, job.database, plan, at_s=self._clock(), server_version=version
         )
@@ -394,7 +396,7 @@ class Inspector:
                 _PlanJob(
                     job.fingerprint,
                     job.database,
-                    job.user,
+                    job.search_path,
                     job.statement.text,
                     job.statement.params,
                 )
@@ -409,7 +411,7 @@ class Inspector:
             return "unsafe"
         values = [*job.bind_values, *job.statement.literals]
         explain = await self.pools.sample_analyze(
-            job.database, job.user, job.statement.text, values, job.declared_oids
+            job.database, job.search_path, job.statement.text, values, job.declared_oids
         )
         count = rows_scanned(explain)
         del explain  # a custom plan: it shows the values; only its numbers are kept

@@ -51,9 +51,13 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def search_path_for(user: str) -> str:
-    """The default ``"$user", public`` resolved for the client's user."""
-    return f"{_quote_ident(user)}, public"
+def search_path_for(user: str, reported: str = "") -> str:
+    """The client's search_path for the side connection: as the server reported it
+    (PostgreSQL >= 18), else the default ``"$user", public``; ``$user`` is the client's
+    user, not the inspect role."""
+    path = reported.strip() or '"$user", public'
+    items = [item.strip() for item in path.split(",") if item.strip()]
+    return ", ".join(_quote_ident(user) if item in ('"$user"', "$user") else item for item in items)
 
 
 def with_param_casts(text: str, types: Sequence[str]) -> str:
@@ -133,7 +137,7 @@ class SidePools:
 
     # ------------------------------------------------------------------ plans
     async def generic_plan(
-        self, database: str, user: str, text: str, params: int
+        self, database: str, search_path: str, text: str, params: int
     ) -> tuple[Any, int]:
         """(EXPLAIN JSON document of the generic plan, server major version)."""
         pool = await self.pool(database)
@@ -141,9 +145,7 @@ class SidePools:
             version = await self._version(conn)
             await conn.execute("BEGIN READ ONLY")
             try:
-                await conn.execute(
-                    "SELECT set_config('search_path', $1, true)", search_path_for(user)
-                )
+                await conn.execute("SELECT set_config('search_path', $1, true)", search_path)
                 if version >= 16:
                     plan = await self._generic_do(conn, text)
                 else:
@@ -208,7 +210,7 @@ class SidePools:
     async def sample_analyze(
         self,
         database: str,
-        user: str,
+        search_path: str,
         text: str,
         values: Sequence[str | None],
         declared_oids: Sequence[int] = (),
@@ -221,9 +223,7 @@ class SidePools:
             try:
                 await conn.execute("BEGIN READ ONLY")
                 try:
-                    await conn.execute(
-                        "SELECT set_config('search_path', $1, true)", search_path_for(user)
-                    )
+                    await conn.execute("SELECT set_config('search_path', $1, true)", search_path)
                     types: list[str] = []
                     if values:
                         stmt = await conn.prepare(text)

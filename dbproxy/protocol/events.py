@@ -105,6 +105,9 @@ class StatementEvent:
     #: ``keep_bind_values=True`` (the opt-in EXPLAIN ANALYZE sampler); held in memory only,
     #: never logged, stored or exported
     param_values: tuple[str | None, ...] | None = field(default=None, repr=False, compare=False)
+    #: the session's search_path when the statement finished, as the server reported it
+    #: (PostgreSQL >= 18 reports it); "" when unknown
+    search_path: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

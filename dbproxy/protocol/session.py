@@ -139,6 +139,7 @@ class _Run:
         "protocol",
         "rolled_back",
         "rows",
+        "search_path",
         "start_ns",
         "statement_name",
         "text",
@@ -173,6 +174,7 @@ class _Run:
         self.application_name = ""
         self.text_in_batch = protocol == "simple"
         self.param_values: tuple[str | None, ...] | None = None
+        self.search_path = ""
 
 
 class _Query:
@@ -249,6 +251,7 @@ class Session:
         self.user = ""
         self.database = ""
         self.application_name = ""
+        self.search_path = ""  # as the server reports it (PostgreSQL >= 18), else ""
         self.server_version = ""
         self.backend_pid = 0
         self.protocol_version = (3, 0)
@@ -521,6 +524,8 @@ class Session:
             self._encoding = messages.python_encoding(value)
         elif name == "server_version":
             self.server_version = value
+        elif name == "search_path":  # reported by PostgreSQL >= 18
+            self.search_path = value
 
     def _on_server(self, msg_type: int, body: bytes, now: int) -> None:
         pending = self._pending
@@ -662,6 +667,7 @@ class Session:
         run.command = command
         run.end_ns = now
         run.application_name = self.application_name
+        run.search_path = self.search_path
         self._last_end_ns = now
         self._query_run = None
         is_begin = command in _BEGIN_COMMANDS and not self._explicit
@@ -893,6 +899,7 @@ class Session:
                     text_in_batch=run.text_in_batch,
                     command=run.command,
                     param_values=run.param_values,
+                    search_path=run.search_path,
                 )
             else:
                 event = StatementFailed(

@@ -368,7 +368,7 @@ def test_sampler_safety_net_read_only_and_unlock(pg_server: PgServer) -> None:
         try:
             for sql in ("SELECT pg_advisory_lock(777)", "SELECT insp_net_bump()"):
                 try:
-                    await pools.sample_analyze(pg.database, "app", sql, [])
+                    await pools.sample_analyze(pg.database, "public", sql, [])
                     outcomes.append("ran")
                 except Exception as exc:
                     outcomes.append(type(exc).__name__)
@@ -556,5 +556,45 @@ def test_extended_protocol_statements_are_sampled_with_their_bind_values(
         proxy.drain_now()
         jobs = proxy.call(lambda: dict(proxy.app.inspector.counts.jobs))  # type: ignore[union-attr]
         assert jobs.get(("sample", "skipped"), 0) >= 1, jobs
+    finally:
+        proxy.stop()
+
+
+def test_plans_use_the_clients_search_path(pg_any: PgServer) -> None:
+    """PostgreSQL 18 reports search_path to the client (and so to the proxy): the plan is
+    taken in the client's schema.  15 does not: the default ``"$user", public`` is used."""
+    pg = pg_any
+    _admin(
+        pg,
+        """
+        DROP SCHEMA IF EXISTS insp_sp CASCADE;
+        CREATE SCHEMA insp_sp;
+        CREATE TABLE insp_sp.only_here (id int PRIMARY KEY);
+        GRANT USAGE ON SCHEMA insp_sp TO app;
+        GRANT SELECT ON insp_sp.only_here TO app;
+        """,
+    )
+    proxy = _start(pg)
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("SET search_path = insp_sp, public")
+            for _ in range(3):
+                conn.execute("SELECT id FROM only_here WHERE id = 1")
+                time.sleep(0.4)
+            fp = _fingerprint_of(proxy, "FROM only_here")
+            if pg.version >= 18:
+                _wait(lambda: _row(proxy, fp)["plan"], 10, "a plan in the client's schema")
+                assert _row(proxy, fp)["plan"]["summary"] == (
+                    "Index Only Scan using only_here_pkey on only_here"
+                )
+            else:
+                jobs = _wait(
+                    lambda: proxy.call(
+                        lambda: dict(proxy.app.inspector.counts.jobs)  # type: ignore[union-attr]
+                    ).get(("plan", "failed")),
+                    10,
+                    "the plan to fail (relation not found in the default search_path)",
+                )
+                assert jobs >= 1 and _row(proxy, fp)["plan"] is None
     finally:
         proxy.stop()

@@ -111,3 +111,11 @@ def test_rate_limits_hold_samples_back() -> None:
     )
     inspector.consume([_stmt(f"SELECT * FROM t WHERE id = {i}") for i in range(10)])
     assert len(_jobs(queue)) == 2
+
+
+def test_search_path_is_the_clients_with_its_user() -> None:
+    from dbproxy.inspect.side import search_path_for
+
+    assert search_path_for("alice") == '"alice", public'
+    assert search_path_for('al"ice', '"$user", public') == '"al""ice", public'
+    assert search_path_for("bob", "sales, public") == "sales, public"
