@@ -552,6 +552,11 @@ def load_config(
             raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
     values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+    if values.get("sample_analyze") and not values.get("inspect_dsn"):
+        raise ConfigError(
+            "--sample-analyze needs the side connection: set DBPROXY_INSPECT_DSN "
+            "(or inspect_dsn in the config file, or --inspect-dsn without a password)"
+        )
     return ProxyConfig(**values)  # type: ignore[arg-type]
 
 

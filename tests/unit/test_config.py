@@ -90,9 +90,11 @@ def test_inspect_dsn_password_never_only_on_the_command_line() -> None:
 def test_inspect_settings() -> None:
     config = load_config(
         {"sample_analyze": "0.01", "explain_slow_ms": "off", "inspect_exclude": "users, a1b2"},
-        {"DBPROXY_INSPECT_TOP": "5"},
+        {"DBPROXY_INSPECT_TOP": "5", "DBPROXY_INSPECT_DSN": "postgresql://i:pw@db/postgres"},
     )
     assert config.sample_analyze == 0.01 and config.explain_slow_ms is None
     assert config.inspect_exclude == ("users", "a1b2") and config.inspect_top == 5
     with pytest.raises(ConfigError, match="--sample-analyze"):
         load_config({"sample_analyze": "2"}, {})
+    with pytest.raises(ConfigError, match="needs the side connection"):
+        load_config({"sample_analyze": "0.5"}, {})
