@@ -598,3 +598,30 @@ def test_plans_use_the_clients_search_path(pg_any: PgServer) -> None:
                 assert jobs >= 1 and _row(proxy, fp)["plan"] is None
     finally:
         proxy.stop()
+
+
+def test_unreachable_side_connection_is_counted_never_seen_by_clients(
+    pg_server: PgServer,
+) -> None:
+    from dbproxy.pgcluster import free_port
+
+    dead = f"postgresql://dbproxy_inspect@127.0.0.1:{free_port()}/postgres"
+    proxy = _start(pg_server, inspect_dsn=dead, explain_slow_ms=0.0, sample_analyze=1.0)
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            for i in range(5):
+                assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+                time.sleep(0.2)
+        proxy.drain_now()
+        failed = _wait(
+            lambda: proxy.call(
+                lambda: dict(proxy.app.inspector.counts.jobs)  # type: ignore[union-attr]
+            ).get(("plan", "failed")),
+            15,
+            "failed plan jobs to be counted",
+        )
+        assert failed >= 1
+        metrics = urllib.request.urlopen(proxy.http_url + "/metrics", timeout=10).read().decode()
+        assert 'dbproxy_inspect_jobs_total{job="plan",outcome="failed"}' in metrics
+    finally:
+        proxy.stop()
