@@ -454,12 +454,11 @@ def test_no_literal_anywhere(pg_any: PgServer, caplog: pytest.LogCaptureFixture)
         proxy.stop()
 
 
-def test_pg_stat_statements_matched_to_pgbench_fingerprints(pg_server: PgServer) -> None:
+def test_pg_stat_statements_matched_to_pgbench_fingerprints(pg_any: PgServer) -> None:
     import os
     import subprocess
 
-    pg = pg_server
-    _prepare(pg)
+    pg = pg_any
     db = "insp_pgss"
     _admin(pg, f"DROP DATABASE IF EXISTS {db}", dbname="postgres")
     _admin(pg, f"CREATE DATABASE {db} OWNER app", dbname="postgres")
