@@ -199,9 +199,8 @@ def test_plan_change_after_drop_index_and_rows_scanned(pg_any: PgServer) -> None
         proxy.stop()
 
 
-def test_nested_loop_rows_scanned_matches_hand_count(pg_server: PgServer) -> None:
-    pg = pg_server
-    _prepare(pg)
+def test_nested_loop_rows_scanned_matches_hand_count(pg_any: PgServer) -> None:
+    pg = pg_any
     _admin(
         pg,
         """
@@ -238,7 +237,8 @@ def test_nested_loop_rows_scanned_matches_hand_count(pg_server: PgServer) -> Non
         assert row["rows_scanned_per_call"] == 10 + 10 * 10, row
         assert row["rows_scanned_per_returned"] == 2.2
         _wait(lambda: _get_status(proxy, f"/api/queries/{fp}/plans") == 200, 10, "a plan")
-        _check_query_page(proxy, fp, "110")
+        if pg.version >= 18:  # the UI once is enough
+            _check_query_page(proxy, fp, "110")
     finally:
         proxy.stop()
 
