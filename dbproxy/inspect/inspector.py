@@ -39,6 +39,8 @@ __all__ = ["InspectSettings", "Inspector", "RowsScannedCallback"]
 #: operations a plan is taken for (EXPLAIN without ANALYZE never executes them)
 EXPLAINABLE: Final = frozenset(("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"))
 RowsScannedCallback = Callable[[str, str, float, float], None]
+#: longer statements are not planned (their rewritten text is not kept)
+MAX_TEXT_CHARS: Final = 65_536
 #: seconds before a fingerprint whose plan or sample failed is tried again
 PLAN_RETRY_S: Final = 600.0
 
@@ -232,7 +234,7 @@ class Inspector:
                 self._sample(key, info, st)
 
     def _new_key(self, key: tuple[str, str], fp: Any, st: StatementFinished) -> _KeyInfo:
-        p = parameterize(st.text)
+        p = parameterize(st.text) if len(st.text) <= MAX_TEXT_CHARS else None
         info = _KeyInfo(
             search_path=search_path_for(st.user, st.search_path),
             operation=str(fp.operation),

@@ -166,11 +166,13 @@ class InspectStore:
         self,
         *,
         max_keys: int = 10_000,
+        max_plan_keys: int = 1_000,
         max_plans: int = 10,
         slow_samples: int = 5,
         slow_window_s: float = 900.0,
     ) -> None:
         self.max_keys = max_keys
+        self.max_plan_keys = max_plan_keys  # plans are big (VERBOSE JSON): fewer of them
         self.max_plans = max_plans
         self.slow_samples = slow_samples
         self.slow_window_s = slow_window_s
@@ -198,7 +200,7 @@ class InspectStore:
             self.queryids.setdefault(key, set()).add(queryid)
         plans = self._plans.get(key)
         if plans is None:
-            if len(self._plans) >= self.max_keys:
+            if len(self._plans) >= self.max_plan_keys:
                 old, _ = self._plans.popitem(last=False)
                 self._current.pop(old, None)
             plans = self._plans[key] = []

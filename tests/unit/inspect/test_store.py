@@ -73,3 +73,14 @@ def test_rate_limiter_global_and_per_key() -> None:
     now[0] = 61.0
     assert limiter.allow("a") and limiter.allow("d")
     assert limiter.refused == 2
+
+
+def test_plans_are_kept_for_a_bounded_number_of_fingerprints() -> None:
+    store = InspectStore(max_plan_keys=2, max_plans=2)
+    for i in range(3):
+        store.record_plan(f"fp{i}", "db", _doc("Seq Scan"), at_s=float(i))
+    assert store.plans("fp0") == {} and store.plans("fp2")
+    for node, at in (("Seq Scan", 10.0), ("Index Scan", 11.0), ("Bitmap Heap Scan", 12.0)):
+        store.record_plan("fp2", "db", _doc(node, "i" if "Index" in node else None), at_s=at)
+    kept = [p.summary for p in store.plans("fp2")["db"]]
+    assert len(kept) == 2 and kept[-1] == "Bitmap Heap Scan on t"  # the current one stays
