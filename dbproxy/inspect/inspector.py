@@ -339,13 +339,20 @@ class Inspector:
             except Exception as exc:
                 outcome = "failed"
                 self._backoff(job)
-                # the message is the server's (no values: only literal-free text is sent)
+                # A sample's error message may quote a bound value ('invalid input syntax
+                # for type integer: "…"'): only its class and SQLSTATE are logged.  Plans
+                # and pg_stat_statements reads send no value, so their messages hold none.
+                detail = (
+                    f"SQLSTATE {getattr(exc, 'sqlstate', None) or '?'}"
+                    if isinstance(job, _SampleJob)
+                    else str(exc)
+                )
                 log.warning(
                     "inspector %s job for %s failed: %s: %s",
                     kind,
                     getattr(job, "fingerprint", getattr(job, "database", "")),
                     type(exc).__name__,
-                    exc,
+                    detail,
                 )
             self.counts.add(kind, outcome)
             del job  # a sample's values go with it

@@ -119,3 +119,38 @@ def test_search_path_is_the_clients_with_its_user() -> None:
     assert search_path_for("alice") == '"alice", public'
     assert search_path_for('al"ice', '"$user", public') == '"al""ice", public'
     assert search_path_for("bob", "sales, public") == "sales, public"
+
+
+async def test_a_failed_sample_never_logs_its_message(caplog: Any) -> None:
+    class FailingPools:
+        async def volatile_functions(self, database: str, names: Any) -> set[str]:
+            return set()
+
+        async def generic_plan(self, *args: Any) -> Any:
+            return [{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t"}}], 18
+
+        async def sample_analyze(self, *args: Any) -> Any:
+            raise ValueError('invalid input syntax for type integer: "zz-secret-value"')
+
+        async def close(self) -> None:
+            return None
+
+    inspector = Inspector(
+        InspectSettings(dsn="postgresql://i@h/d", explain_slow_ms=None, sample_analyze=1.0),
+        fingerprinter=Fingerprinter(),
+        pools=FailingPools(),  # type: ignore[arg-type]
+        rng=lambda: 0.0,
+    )
+    caplog.set_level("DEBUG", logger="dbproxy")
+    inspector.start()
+    try:
+        inspector.consume([_stmt("SELECT * FROM t WHERE id = 'zz-secret-value'")])
+        for _ in range(100):
+            if inspector.counts.jobs.get(("sample", "failed")):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await inspector.stop()
+    assert inspector.counts.jobs[("sample", "failed")] == 1
+    assert "ValueError" in caplog.text
+    assert "zz-secret-value" not in caplog.text
