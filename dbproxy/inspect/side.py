@@ -152,6 +152,11 @@ class SidePools:
                     plan = await self._generic_prepare(conn, text, params)
             finally:
                 await conn.execute("ROLLBACK")
+                if version < 16:
+                    # PREPARE is not undone by ROLLBACK, and after a failed EXPLAIN the
+                    # transaction refused the DEALLOCATE: drop it now (the pool's
+                    # connections hold no other named statement)
+                    await conn.execute("DEALLOCATE ALL")
             return plan, version
 
     @staticmethod
@@ -184,12 +189,9 @@ class SidePools:
     async def _generic_prepare(conn: asyncpg.Connection, text: str, params: int) -> Any:
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await conn.execute(f"PREPARE {_STATEMENT} AS {text}")
-        try:
-            args = ", ".join(["NULL"] * params)
-            execute = f"EXECUTE {_STATEMENT}({args})" if params else f"EXECUTE {_STATEMENT}"
-            raw = await conn.fetchval(f"EXPLAIN (VERBOSE, FORMAT JSON) {execute}")
-        finally:
-            await conn.execute(f"DEALLOCATE {_STATEMENT}")
+        args = ", ".join(["NULL"] * params)
+        execute = f"EXECUTE {_STATEMENT}({args})" if params else f"EXECUTE {_STATEMENT}"
+        raw = await conn.fetchval(f"EXPLAIN (VERBOSE, FORMAT JSON) {execute}")
         return json.loads(raw) if isinstance(raw, str) else raw
 
     # ------------------------------------------------------------------ samples

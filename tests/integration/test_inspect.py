@@ -624,3 +624,34 @@ def test_unreachable_side_connection_is_counted_never_seen_by_clients(
         assert 'dbproxy_inspect_jobs_total{job="plan",outcome="failed"}' in metrics
     finally:
         proxy.stop()
+
+
+def test_a_failed_plan_leaves_the_side_connection_usable(pg_any: PgServer) -> None:
+    """PostgreSQL 15's path PREPAREs: a failed EXPLAIN must not leave the statement behind."""
+    import asyncio
+
+    from dbproxy.inspect.side import SidePools
+
+    pg = pg_any
+    _workload_tables(pg, "insp_fail")
+
+    async def run() -> list[str]:
+        pools = SidePools(_inspect_dsn(pg), max_size=1)
+        outcomes: list[str] = []
+        try:
+            for _ in range(3):  # the role may not UPDATE: EXPLAIN fails (privileges)
+                for text, params in (
+                    ("UPDATE insp_fail SET grp = $1 WHERE id = $2", 2),
+                    ("SELECT id, grp FROM insp_fail WHERE id = $1", 1),
+                ):
+                    try:
+                        plan, _ = await pools.generic_plan(pg.database, "public", text, params)
+                        outcomes.append(plan[0]["Plan"]["Node Type"])
+                    except Exception as exc:
+                        outcomes.append(type(exc).__name__)
+        finally:
+            await pools.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes == ["InsufficientPrivilegeError", "Index Scan"] * 3, outcomes
