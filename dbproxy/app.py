@@ -23,11 +23,13 @@ from prometheus_client import CollectorRegistry
 from dbproxy import __version__, speedups
 from dbproxy.config import ProxyConfig
 from dbproxy.errors import ConfigError
-from dbproxy.export.http import HttpServer, export_routes
+from dbproxy.export.api import RowExtras
+from dbproxy.export.http import HttpServer, Route, export_routes
 from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
 from dbproxy.export.profiling import Profiler, ProfilingSettings, start_profiling
 from dbproxy.export.prometheus import DbproxyCollector
 from dbproxy.export.querylog import QueryLog, open_query_log
+from dbproxy.inspect.inspector import Inspector, InspectSettings
 from dbproxy.observe.aggregator import Aggregator, StatementNote
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import Event
@@ -94,6 +96,15 @@ class App:
             query_log=self.query_log,
         )
         self.registry.register(self.collector)
+        self.inspector = _build_inspector(config, self.fingerprinter)
+        inspect_routes: list[Route] = []
+        row_extras: RowExtras | None = None
+        if self.inspector is not None:
+            from dbproxy.export.inspect import InspectCollector, inspect_routes_for, row_extras_for
+
+            self.registry.register(InspectCollector(self.inspector))
+            inspect_routes = inspect_routes_for(self.inspector)
+            row_extras = row_extras_for(self.inspector)
         self.http = HttpServer(
             config.http_listen.host,
             config.http_listen.port,
@@ -105,12 +116,16 @@ class App:
                 api_token=config.api_token,
                 ui=config.ui,
                 trace_url_template=config.ui_trace_url,
+                extra_routes=inspect_routes,
+                row_extras=row_extras,
             ),
         )
         # consumers that take the tracing notes, then plain ones (tests' recorders)
         self._note_consumers: list[NoteConsumer] = [self.aggregator.consume]
         if self.query_log is not None:
             self._note_consumers.append(self.query_log.consume)
+        if self.inspector is not None:
+            self._note_consumers.append(self.inspector.consume)
         self._consumers: list[Consumer] = list(consumers)
         self.consumer_errors = 0
         self._stopping = asyncio.Event()
@@ -136,6 +151,9 @@ class App:
         if self.config.pyroscope_server_address is not None:
             self.profiler = start_profiling(self._profiling_settings(self.config))
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+        if self.inspector is not None:
+            self.inspector.start()
+            log.info("dbproxy inspecting plans through its side connection")
 
     def _profiling_settings(self, config: ProxyConfig) -> ProfilingSettings:
         assert config.pyroscope_server_address is not None
@@ -205,6 +223,8 @@ class App:
             self._draining_stopped = True
             await self._drain_task
         await self.drain()  # what the last sessions emitted
+        if self.inspector is not None:
+            await self.inspector.stop()
         if self.tracing is not None:  # exports what is queued; blocks, so off the loop
             await asyncio.to_thread(self.tracing.shutdown)
         if self.query_log is not None:  # writes what the last drain queued
@@ -216,6 +236,28 @@ class App:
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()
         await self.stop()
+
+
+def _build_inspector(config: ProxyConfig, fingerprinter: Fingerprinter) -> Inspector | None:
+    """The side connection's inspector, when ``inspect_dsn`` is set."""
+    if not config.inspect_dsn:
+        return None
+    return Inspector(
+        InspectSettings(
+            dsn=config.inspect_dsn,
+            explain_slow_ms=config.explain_slow_ms,
+            sample_analyze=config.sample_analyze,
+            samples_per_minute=config.sample_analyze_per_minute,
+            plan_interval_s=config.inspect_plan_interval,
+            plans_per_minute=config.inspect_plans_per_minute,
+            interval_s=config.inspect_interval,
+            top=config.inspect_top,
+            statement_timeout_ms=config.inspect_statement_timeout_ms,
+            exclude=config.inspect_exclude,
+            max_keys=config.max_fingerprints,
+        ),
+        fingerprinter=fingerprinter,
+    )
 
 
 async def serve(config: ProxyConfig) -> None:

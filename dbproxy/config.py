@@ -99,6 +99,26 @@ class ProxyConfig:
     ui: bool = True
     #: trace UI link template for the web UI ({trace_id}, {span_id})
     ui_trace_url: str | None = None
+    #: side connection (asyncpg) template: plans, rows scanned, pg_stat_statements; None: off
+    inspect_dsn: str | None = field(default=None, repr=False)
+    #: statements at least this slow get their generic plan taken; None: only the top ones
+    explain_slow_ms: float | None = 1000.0
+    #: fraction of read-only statements sampled with EXPLAIN ANALYZE (rows scanned); 0: off
+    sample_analyze: float = 0.0
+    #: at most this many sampled EXPLAIN ANALYZE per minute (all fingerprints)
+    sample_analyze_per_minute: int = 60
+    #: seconds between plans of the same fingerprint (slow or top)
+    inspect_plan_interval: float = 300.0
+    #: at most this many generic plans per minute (all fingerprints)
+    inspect_plans_per_minute: int = 60
+    #: seconds between planning the top fingerprints and reading pg_stat_statements
+    inspect_interval: float = 60.0
+    #: fingerprints planned periodically (the top ones by total time)
+    inspect_top: int = 20
+    #: statement_timeout of the side connection (milliseconds)
+    inspect_statement_timeout_ms: int = 5000
+    #: fingerprint ids or table names never sampled with EXPLAIN ANALYZE
+    inspect_exclude: tuple[str, ...] = ()
     #: the standard OTEL_* variables, handed to the exporter explicitly
     otel_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Pyroscope server for the proxy's own CPU profiles (the `profiling` extra)
@@ -209,6 +229,24 @@ def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
     return text.strip()
+
+
+def _inspect_dsn(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("postgres://", "postgresql://")):
+        raise ValueError("must be a postgresql:// URI (its database is replaced per database)")
+    return value
+
+
+def _has_password(dsn: str) -> bool:
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(dsn)
+    return bool(parts.password) or "password" in parse_qs(parts.query)
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def _ratio(text: str) -> float:
@@ -403,6 +441,52 @@ _SETTINGS = (
     _Setting("trace_queue_size", "DBPROXY_TRACE_QUEUE_SIZE", _positive_int),
     _Setting("ui", "DBPROXY_UI", _bool, "--no-ui", None, "no web UI at /", "false"),
     _Setting(
+        "inspect_dsn",
+        "DBPROXY_INSPECT_DSN",
+        _inspect_dsn,
+        "--inspect-dsn",
+        "URI",
+        "side connection for plans, rows scanned and pg_stat_statements, as a "
+        "postgresql:// template (no password here: DBPROXY_INSPECT_DSN, the file or .pgpass)",
+    ),
+    _Setting(
+        "explain_slow_ms",
+        "DBPROXY_EXPLAIN_SLOW_MS",
+        _optional_ms,
+        "--explain-slow-ms",
+        "MS",
+        "take the generic plan of statements this slow, or off (1000)",
+    ),
+    _Setting(
+        "sample_analyze",
+        "DBPROXY_SAMPLE_ANALYZE",
+        _ratio,
+        "--sample-analyze",
+        "RATE",
+        "fraction of read-only statements re-run with EXPLAIN ANALYZE for rows scanned (0)",
+    ),
+    _Setting(
+        "sample_analyze_per_minute",
+        "DBPROXY_SAMPLE_ANALYZE_PER_MINUTE",
+        _positive_int,
+        "--sample-analyze-per-minute",
+        "N",
+        "at most N sampled EXPLAIN ANALYZE per minute (60)",
+    ),
+    _Setting("inspect_plan_interval", "DBPROXY_INSPECT_PLAN_INTERVAL", _positive_float),
+    _Setting("inspect_interval", "DBPROXY_INSPECT_INTERVAL", _positive_float),
+    _Setting("inspect_plans_per_minute", "DBPROXY_INSPECT_PLANS_PER_MINUTE", _positive_int),
+    _Setting("inspect_top", "DBPROXY_INSPECT_TOP", _positive_int),
+    _Setting("inspect_statement_timeout_ms", "DBPROXY_INSPECT_STATEMENT_TIMEOUT_MS", _positive_int),
+    _Setting(
+        "inspect_exclude",
+        "DBPROXY_INSPECT_EXCLUDE",
+        _name_list,
+        "--inspect-exclude",
+        "LIST",
+        "fingerprint ids or table names never sampled with EXPLAIN ANALYZE",
+    ),
+    _Setting(
         "ui_trace_url",
         "DBPROXY_UI_TRACE_URL",
         _endpoint,
@@ -459,16 +543,27 @@ def load_config(
             raw, origin = file_values[setting.name], f"{path}: {setting.name}"
         else:
             continue
-        if isinstance(raw, list) and setting.name == "metrics_tags":
+        if setting.name == "inspect_dsn" and origin == setting.flag and _has_password(str(raw)):
+            raise ConfigError(
+                "--inspect-dsn must not hold a password (the command line is visible to "
+                "other users): set DBPROXY_INSPECT_DSN, inspect_dsn in the config file, "
+                "or use a .pgpass file"
+            )
+        if isinstance(raw, list) and setting.name in ("metrics_tags", "inspect_exclude"):
             raw = ",".join(str(item) for item in raw)
         try:
             values[setting.name] = setting.parse(str(raw))
         except ValueError as exc:
-            shown = "(hidden)" if setting.name == "api_token" else repr(raw)
+            shown = "(hidden)" if setting.name in ("api_token", "inspect_dsn") else repr(raw)
             raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
     values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
     values["pyroscope_env"] = {k: v for k, v in env.items() if k.startswith("PYROSCOPE_")}
+    if values.get("sample_analyze") and not values.get("inspect_dsn"):
+        raise ConfigError(
+            "--sample-analyze needs the side connection: set DBPROXY_INSPECT_DSN "
+            "(or inspect_dsn in the config file, or --inspect-dsn without a password)"
+        )
     return ProxyConfig(**values)  # type: ignore[arg-type]
 
 

@@ -34,6 +34,11 @@ class StatsSource(SnapshotSource, Protocol):
     def reset(self) -> None: ...
 
 
+#: fields an optional feature adds to a query row (the inspector: rows scanned, server
+#: statistics, slow samples); the flag says whether it is the detail endpoint's row
+RowExtras = Callable[[QueryStats, bool], Mapping[str, Any]]
+
+
 class ApiError(Exception):
     """A client-visible failure: HTTP status plus a message for ``{"error": ...}``."""
 
@@ -160,7 +165,9 @@ def histogram_json(hist: Histogram) -> dict[str, Any]:
     }
 
 
-def query_row(q: QueryStats, *, histogram: bool = False) -> dict[str, Any]:
+def query_row(
+    q: QueryStats, *, histogram: bool = False, extras: RowExtras | None = None
+) -> dict[str, Any]:
     """One (fingerprint, database, user) as a JSON object; ``histogram`` adds the latency
     buckets and exemplars (``/api/queries/{fingerprint}`` only: lists stay small)."""
     hist = q.duration
@@ -193,6 +200,8 @@ def query_row(q: QueryStats, *, histogram: bool = False) -> dict[str, Any]:
     }
     if histogram:
         row["histogram"] = histogram_json(hist)
+    if extras is not None:
+        row.update(extras(q, histogram))
     return row
 
 
@@ -212,7 +221,9 @@ def _attribution(q: QueryStats, group_by: str) -> tuple[tuple[str, int], ...]:
     return q.tags.get(group_by, ())
 
 
-def queries(snapshot: StatsSnapshot, params: QueriesParams) -> dict[str, Any]:
+def queries(
+    snapshot: StatsSnapshot, params: QueriesParams, extras: RowExtras | None = None
+) -> dict[str, Any]:
     """``GET /api/queries``: rows sorted desc by ``params.sort``, or grouped by attribution."""
     rows = [
         q
@@ -227,7 +238,7 @@ def queries(snapshot: StatsSnapshot, params: QueriesParams) -> dict[str, Any]:
             sort=params.sort,
             limit=params.limit,
             total=len(ranked),
-            queries=[query_row(q) for q in ranked[: params.limit]],
+            queries=[query_row(q, extras=extras) for q in ranked[: params.limit]],
         )
         return out
 
@@ -268,7 +279,9 @@ def queries(snapshot: StatsSnapshot, params: QueriesParams) -> dict[str, Any]:
     return out
 
 
-def query_detail(snapshot: StatsSnapshot, fingerprint: str) -> dict[str, Any]:
+def query_detail(
+    snapshot: StatsSnapshot, fingerprint: str, extras: RowExtras | None = None
+) -> dict[str, Any]:
     """``GET /api/queries/{fingerprint}``: every database/user row of one fingerprint."""
     rows = [q for q in snapshot.queries if q.fingerprint == fingerprint]
     if not rows:
@@ -276,7 +289,7 @@ def query_detail(snapshot: StatsSnapshot, fingerprint: str) -> dict[str, Any]:
     out = _envelope(snapshot)
     out.update(
         fingerprint=fingerprint,
-        queries=[query_row(q, histogram=True) for q in _sorted(rows, "total_time")],
+        queries=[query_row(q, histogram=True, extras=extras) for q in _sorted(rows, "total_time")],
     )
     return out
 

@@ -434,10 +434,12 @@ class ApiEndpoints:
         *,
         api_token: str | None = None,
         clock: Callable[[], float] = time.time,
+        row_extras: api.RowExtras | None = None,
     ) -> None:
         self.stats = stats
         self.api_token = api_token
         self.clock = clock
+        self.row_extras = row_extras
 
     def routes(self) -> list[Route]:
         return [
@@ -449,13 +451,15 @@ class ApiEndpoints:
 
     async def queries(self, request: Request) -> Response:
         params = api.parse_queries_params(request.query)
-        return Response.json(200, api.queries(self.stats.snapshot(top=None), params))
+        snapshot = self.stats.snapshot(top=None)
+        return Response.json(200, api.queries(snapshot, params, self.row_extras))
 
     async def query(self, request: Request) -> Response:
         if request.query:
             raise api.ApiError(400, "this endpoint takes no parameters")
         snapshot = self.stats.snapshot(top=None)
-        return Response.json(200, api.query_detail(snapshot, request.path_params["fingerprint"]))
+        fingerprint = request.path_params["fingerprint"]
+        return Response.json(200, api.query_detail(snapshot, fingerprint, self.row_extras))
 
     async def connections(self, request: Request) -> Response:
         if request.query:
@@ -542,14 +546,16 @@ def export_routes(
     ui: bool = True,
     trace_url_template: str | None = None,
     extra_routes: Iterable[Route] = (),
+    row_extras: api.RowExtras | None = None,
 ) -> list[Route]:
     """All of dbproxy's routes; ``/metrics`` only when a registry is given; the web UI
     unless ``ui`` is false (``trace_url_template`` links its trace ids to a trace UI).
     ``extra_routes``: endpoints of optional features (findings, plans …) that the
-    composition root builds only when they are on."""
+    composition root builds only when they are on; ``row_extras``: fields such a feature
+    adds to ``/api/queries`` rows."""
     routes: Iterable[Route] = [
         *health_routes(ready),
-        *ApiEndpoints(stats, api_token=api_token).routes(),
+        *ApiEndpoints(stats, api_token=api_token, row_extras=row_extras).routes(),
         *extra_routes,
     ]
     if ui:

@@ -15,7 +15,7 @@ spans and logs).  Both come from the clock the proxy passes in, so tests control
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Protocol = Literal["simple", "extended", "function"]
@@ -109,6 +109,13 @@ class StatementEvent:
     #: then does its sqlcommenter traceparent describe this execution; a named statement
     #: executed later carries its old Parse text and comment
     text_in_batch: bool = True
+    #: the Bind's text-format parameter values (None: NULL), only from sessions created with
+    #: ``keep_bind_values=True`` (the opt-in EXPLAIN ANALYZE sampler); held in memory only,
+    #: never logged, stored or exported
+    param_values: tuple[str | None, ...] | None = field(default=None, repr=False, compare=False)
+    #: the session's search_path when the statement finished, as the server reported it
+    #: (PostgreSQL >= 18 reports it); "" when unknown
+    search_path: str = ""
 
     def __init__(
         self,
@@ -131,6 +138,8 @@ class StatementEvent:
         rolled_back: bool,
         in_transaction: bool,
         text_in_batch: bool = True,
+        param_values: tuple[str | None, ...] | None = None,
+        search_path: str = "",
     ) -> None:
         self.session_id = session_id
         self.user = user
@@ -150,6 +159,8 @@ class StatementEvent:
         self.rolled_back = rolled_back
         self.in_transaction = in_transaction
         self.text_in_batch = text_in_batch
+        self.param_values = param_values
+        self.search_path = search_path
 
 
 @dataclass(slots=True, kw_only=True, init=False)
@@ -178,6 +189,8 @@ class StatementFinished(StatementEvent):
         rolled_back: bool,
         in_transaction: bool,
         text_in_batch: bool = True,
+        param_values: tuple[str | None, ...] | None = None,
+        search_path: str = "",
         command: str,
     ) -> None:
         StatementEvent.__init__(
@@ -200,6 +213,8 @@ class StatementFinished(StatementEvent):
             rolled_back=rolled_back,
             in_transaction=in_transaction,
             text_in_batch=text_in_batch,
+            param_values=param_values,
+            search_path=search_path,
         )
         self.command = command
 
@@ -231,6 +246,8 @@ class StatementFailed(StatementEvent):
         rolled_back: bool,
         in_transaction: bool,
         text_in_batch: bool = True,
+        param_values: tuple[str | None, ...] | None = None,
+        search_path: str = "",
         error: ServerError,
         phase: str,
     ) -> None:
@@ -254,6 +271,8 @@ class StatementFailed(StatementEvent):
             rolled_back=rolled_back,
             in_transaction=in_transaction,
             text_in_batch=text_in_batch,
+            param_values=param_values,
+            search_path=search_path,
         )
         self.error = error
         self.phase = phase

@@ -10,7 +10,9 @@ they could read.  Text is decoded with the connection's client_encoding and
 from __future__ import annotations
 
 import codecs
+import datetime
 import struct
+import uuid
 from dataclasses import dataclass
 
 from dbproxy.protocol import codes
@@ -114,6 +116,78 @@ def decode_bind(body: bytes, encoding: str) -> tuple[str, str]:
     portal, pos = read_cstring(body, 0, encoding)
     statement, _ = read_cstring(body, pos, encoding)
     return portal, statement
+
+
+_PG_EPOCH = datetime.datetime(2000, 1, 1)
+_PG_EPOCH_DATE = datetime.date(2000, 1, 1)
+
+
+def _binary_text(oid: int, data: bytes, encoding: str) -> str | None:
+    """The text form of a binary-format value of the common types; None for others."""
+    if oid in (20, 21, 23, 26):  # int8, int2, int4, oid
+        return str(int.from_bytes(data, "big", signed=oid != 26))
+    if oid in (25, 1043, 1042, 19, 114, 705):  # text, varchar, bpchar, name, json, unknown
+        return data.decode(encoding)
+    if oid == 3802 and data[:1] == b"\x01":  # jsonb: version 1, then the text
+        return data[1:].decode(encoding)
+    if oid == 16:
+        return "t" if data == b"\x01" else "f"
+    if oid == 700:
+        return repr(struct.unpack("!f", data)[0])
+    if oid == 701:
+        return repr(struct.unpack("!d", data)[0])
+    if oid == 2950 and len(data) == 16:
+        return str(uuid.UUID(bytes=data))
+    if oid == 1082:
+        days = struct.unpack("!i", data)[0]
+        return (_PG_EPOCH_DATE + datetime.timedelta(days=days)).isoformat()
+    if oid in (1114, 1184):  # timestamp, timestamptz (UTC)
+        micros = struct.unpack("!q", data)[0]
+        text = (_PG_EPOCH + datetime.timedelta(microseconds=micros)).isoformat(" ")
+        return text + "+00" if oid == 1184 else text
+    return None
+
+
+def decode_bind_values(
+    body: bytes, encoding: str, param_type_oids: tuple[int, ...] = ()
+) -> tuple[str | None, ...] | None:
+    """A Bind's parameter values as text (None: SQL NULL) when the body was captured whole
+    and every binary-format value has a type decoded here (``param_type_oids``: the Parse's
+    types); otherwise None.
+
+    Only the opt-in sampler (``--sample-analyze``) asks for these; they are never logged."""
+    try:
+        pos = body.index(0) + 1  # portal
+        pos = body.index(0, pos) + 1  # statement
+        nformats = _INT16.unpack_from(body, pos)[0]
+        pos += 2
+        formats = [_INT16.unpack_from(body, pos + 2 * i)[0] for i in range(nformats)]
+        pos += 2 * nformats
+        nparams = _INT16.unpack_from(body, pos)[0]
+        pos += 2
+        values: list[str | None] = []
+        for i in range(nparams):
+            size = _INT32.unpack_from(body, pos)[0]
+            pos += 4
+            if size < 0:
+                values.append(None)
+                continue
+            if pos + size > len(body):
+                return None
+            data = body[pos : pos + size]
+            pos += size
+            binary = formats[0] if nformats == 1 else formats[i] if nformats else 0
+            if not binary:
+                values.append(data.decode(encoding))
+                continue
+            oid = param_type_oids[i] if i < len(param_type_oids) else 0
+            text = _binary_text(oid, data, encoding)
+            if text is None:
+                return None
+            values.append(text)
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError):
+        return None
+    return tuple(values)
 
 
 def decode_execute(body: bytes, encoding: str) -> tuple[str, int]:

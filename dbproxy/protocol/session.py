@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from dbproxy.errors import ProtocolError
+from dbproxy.errors import FrontendProtocolError, ProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.events import (
     Event,
@@ -64,7 +64,7 @@ from dbproxy.protocol.events import (
     TransactionFinished,
     TransactionStarted,
 )
-from dbproxy.protocol.framing import STARTUP, FrameReader
+from dbproxy.protocol.framing import STARTUP, FrameReader, frontend_capture
 from dbproxy.sql.splitter import split_statements
 
 EmitFn = Callable[[Event], None]
@@ -133,11 +133,13 @@ class _Run:
         "function_oid",
         "in_transaction",
         "param_type_oids",
+        "param_values",
         "phase",
         "portal_name",
         "protocol",
         "rolled_back",
         "rows",
+        "search_path",
         "start_ns",
         "statement_name",
         "text",
@@ -171,6 +173,8 @@ class _Run:
         self.in_transaction = False
         self.application_name = ""
         self.text_in_batch = protocol == "simple"
+        self.param_values: tuple[str | None, ...] | None = None
+        self.search_path = ""
 
 
 class _Query:
@@ -203,6 +207,16 @@ class SessionStats:
         self.desyncs = 0
 
 
+#: Bind bytes kept per message when the session keeps bind values (longer: not sampled)
+BIND_VALUES_CAPTURE: Final = 16_384
+
+
+def _bind_capture(text_limit: int) -> list[int]:
+    capture = frontend_capture(text_limit)
+    capture[codes.BIND] = BIND_VALUES_CAPTURE
+    return capture
+
+
 class Session:
     """State machine for one client connection; see the module docstring."""
 
@@ -214,12 +228,22 @@ class Session:
         epoch_offset_ns: int,
         text_limit: int = 1 << 20,
         track_starts: bool = False,
+        keep_bind_values: bool = False,
     ) -> None:
         self.session_id = session_id
         self._emit = emit
         self._epoch_offset_ns = epoch_offset_ns
         self._track_starts = track_starts
-        self._client = FrameReader.for_frontend(text_limit)
+        # opt-in (the EXPLAIN ANALYZE sampler): Bind bodies are captured up to
+        # BIND_VALUES_CAPTURE bytes and their text values put on the finished statement
+        self._keep_bind_values = keep_bind_values
+        self._client = (
+            FrameReader(
+                capture=_bind_capture(text_limit), startup=True, error=FrontendProtocolError
+            )
+            if keep_bind_values
+            else FrameReader.for_frontend(text_limit)
+        )
         self._server = FrameReader.for_backend()
         self.stats = SessionStats()
 
@@ -227,6 +251,7 @@ class Session:
         self.user = ""
         self.database = ""
         self.application_name = ""
+        self.search_path = ""  # as the server reports it (PostgreSQL >= 18), else ""
         self.server_version = ""
         self.backend_pid = 0
         self.protocol_version = (3, 0)
@@ -363,6 +388,8 @@ class Session:
                 portal_name=portal_name,
                 param_type_oids=prepared.param_type_oids if prepared else (),
             )
+            if self._keep_bind_values:
+                run.param_values = messages.decode_bind_values(body, enc, run.param_type_oids)
             if prepared is not None:
                 if prepared.fresh_batch == _UNDECIDED:
                     in_time = now - prepared.parsed_ns <= _FRESH_BIND_NS
@@ -497,6 +524,8 @@ class Session:
             self._encoding = messages.python_encoding(value)
         elif name == "server_version":
             self.server_version = value
+        elif name == "search_path":  # reported by PostgreSQL >= 18
+            self.search_path = value
 
     def _on_server(self, msg_type: int, body: bytes, now: int) -> None:
         pending = self._pending
@@ -638,6 +667,7 @@ class Session:
         run.command = command
         run.end_ns = now
         run.application_name = self.application_name
+        run.search_path = self.search_path
         self._last_end_ns = now
         self._query_run = None
         is_begin = command in _BEGIN_COMMANDS and not self._explicit
@@ -868,6 +898,8 @@ class Session:
                     in_transaction=run.in_transaction,
                     text_in_batch=run.text_in_batch,
                     command=run.command,
+                    param_values=run.param_values,
+                    search_path=run.search_path,
                 )
             else:
                 event = StatementFailed(

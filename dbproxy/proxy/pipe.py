@@ -62,6 +62,9 @@ class ClientConnection(asyncio.Protocol):
             emit=server.sink.put,
             epoch_offset_ns=time.time_ns() - _monotonic_ns(),
             text_limit=server.config.max_statement_bytes,
+            # the opt-in sampler re-runs statements with their values (memory only)
+            keep_bind_values=server.config.sample_analyze > 0
+            and server.config.inspect_dsn is not None,
         )
         self.peer = ""
         self._stats = server.stats

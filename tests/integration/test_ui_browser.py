@@ -284,7 +284,8 @@ def test_ui_in_a_real_browser(ui_proxy: RunningProxy) -> None:
             link = page.locator("#samples a").first
             href = link.get_attribute("href") or ""
             assert href.startswith("https://traces.example/trace/"), href
-            assert "not available yet" in page.inner_text("body").lower()
+            # no side connection here: the plans section says how to turn it on
+            assert "start dbproxy with an inspect dsn" in page.inner_text("body").lower()
             assert SENTINEL not in page.inner_text("body")
             assert SENTINEL_NUMBER not in page.content()
             query_png = ARTIFACTS / "ui-query.png"

@@ -69,3 +69,32 @@ def test_every_flag_is_a_setting_and_names_itself_in_errors() -> None:
     assert "api_token" not in {s.name for s in flags}
     with pytest.raises(ConfigError, match="--proxy-span"):
         load_config({"trace_proxy_span": "maybe"}, {})
+
+
+def test_inspect_dsn_password_never_only_on_the_command_line() -> None:
+    with pytest.raises(ConfigError, match="must not hold a password") as info:
+        load_config({"inspect_dsn": "postgresql://insp:s3cret@db/postgres"}, {})
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="must not hold a password"):
+        load_config({"inspect_dsn": "postgresql://insp@db/postgres?password=s3cret"}, {})
+    flag_only = load_config({"inspect_dsn": "postgresql://insp@db/postgres"}, {})
+    assert flag_only.inspect_dsn == "postgresql://insp@db/postgres"
+    from_env = load_config({}, {"DBPROXY_INSPECT_DSN": "postgresql://insp:s3cret@db/postgres"})
+    assert from_env.inspect_dsn == "postgresql://insp:s3cret@db/postgres"
+    assert "s3cret" not in repr(from_env)
+    with pytest.raises(ConfigError) as bad:
+        load_config({}, {"DBPROXY_INSPECT_DSN": "host=db password=s3cret"})
+    assert "s3cret" not in str(bad.value)
+
+
+def test_inspect_settings() -> None:
+    config = load_config(
+        {"sample_analyze": "0.01", "explain_slow_ms": "off", "inspect_exclude": "users, a1b2"},
+        {"DBPROXY_INSPECT_TOP": "5", "DBPROXY_INSPECT_DSN": "postgresql://i:pw@db/postgres"},
+    )
+    assert config.sample_analyze == 0.01 and config.explain_slow_ms is None
+    assert config.inspect_exclude == ("users", "a1b2") and config.inspect_top == 5
+    with pytest.raises(ConfigError, match="--sample-analyze"):
+        load_config({"sample_analyze": "2"}, {})
+    with pytest.raises(ConfigError, match="needs the side connection"):
+        load_config({"sample_analyze": "0.5"}, {})

@@ -548,6 +548,7 @@
         errors: h("div", {}),
         samples: h("div", {}),
         attribution: h("div", { class: "two" }),
+        plan: h("div", {}),
       };
       document.title = `${r0.summary || fp} · dbproxy`;
       append(clear(root), [
@@ -572,8 +573,7 @@
         h("section", { "aria-labelledby": "err-h" }, h("h2", { id: "err-h", text: "Errors by SQLSTATE" }), parts.errors),
         h("section", { "aria-labelledby": "ex-h" }, h("h2", { id: "ex-h", text: "Slowest traced samples" }), parts.samples),
         h("section", { "aria-labelledby": "attr-h" }, h("h2", { id: "attr-h", text: "Applications and tags" }), parts.attribution),
-        h("section", { "aria-labelledby": "plan-h" }, h("h2", { id: "plan-h", text: "EXPLAIN plan" }),
-          h("p", { class: "muted", text: "Not available yet: dbproxy does not collect query plans in this version." })),
+        h("section", { "aria-labelledby": "plan-h" }, h("h2", { id: "plan-h", text: "Plans, rows scanned and server statistics" }), parts.plan),
       ]);
       return parts;
     }
@@ -598,6 +598,8 @@
       }
       return { lat, calls, rowsS, errs };
     }
+
+    let plans = null; // GET …/plans, when the side connection has taken some
 
     function render(c, rows) {
       if (!built) built = build(c, rows);
@@ -689,6 +691,8 @@
           })))));
       }
 
+      renderInspect(p.plan, rows, plans);
+
       clear(p.attribution);
       const lists = [["application_name", rows.flatMap((r) => r.applications)]];
       const tagNames = [...new Set(rows.flatMap((r) => Object.keys(r.tags)))].sort();
@@ -720,6 +724,15 @@
         throw err;
       }
       if (generation !== live.generation) return;
+      plans = null;
+      if (data.queries.some((r) => r.plan)) {
+        try {
+          plans = await getJSON(`/api/queries/${encodeURIComponent(fp)}/plans`);
+        } catch (err) {
+          if (err.status !== 404) throw err;
+        }
+        if (generation !== live.generation) return;
+      }
       const c = combine(data.queries);
       const last = history[history.length - 1];
       if (last && (c.calls < last.calls || c.counts.some((v, i) => v < last.counts[i]))) history.length = 0; // reset
@@ -728,6 +741,66 @@
       render(c, data.queries);
     }
     return startView(refresh);
+  }
+
+  // What the side connection (--inspect-dsn) learned: sampled rows scanned, generic plans,
+  // pg_stat_statements numbers and the slowest recent executions.
+  function renderInspect(el, rows, plans) {
+    clear(el);
+    if (!rows.some((r) => "plan" in r)) {
+      el.appendChild(h("p", { class: "muted", text: "Off: start dbproxy with an inspect DSN (DBPROXY_INSPECT_DSN) to collect generic plans, pg_stat_statements numbers and slow samples; --sample-analyze RATE adds rows scanned." }));
+      return;
+    }
+    const fmtOr = (v, f) => (v === null || v === undefined ? "—" : f(v));
+    el.appendChild(h("div", { class: "table-wrap" }, h("table", { id: "inspect" },
+      h("caption", { text: "Rows scanned: mean of the recent sampled EXPLAIN ANALYZE executions. Server: pg_stat_statements rows with this fingerprint (server execution time, without network and the proxy)." }),
+      h("thead", {}, h("tr", {}, ["Database", "User", "Rows scanned / call", "Scanned ÷ returned", "Samples", "Plan", "Plan changes", "Server mean ms", "Server calls", "Shared hit", "Shared read", "Temp blocks", "WAL bytes"]
+        .map((t, i) => h("th", { scope: "col", class: i >= 2 && i !== 5 ? "n" : null, text: t })))),
+      h("tbody", {}, rows.map((r) => {
+        const sv = r.server;
+        return h("tr", {},
+          h("td", { text: r.database }), h("td", { text: r.user }),
+          h("td", { class: "n", text: fmtOr(r.rows_scanned_per_call, (v) => fmtNum(v, 1)) }),
+          h("td", { class: "n", text: fmtOr(r.rows_scanned_per_returned, (v) => fmtNum(v, 1)) }),
+          h("td", { class: "n", text: fmtInt(r.rows_scanned_samples || 0) }),
+          h("td", {}, r.plan ? h("code", { text: r.plan.summary }) : h("span", { class: "muted", text: "none yet" })),
+          h("td", { class: r.plan_changes ? "n err" : "n", text: fmtInt(r.plan_changes || 0) }),
+          h("td", { class: "n", text: sv ? fmtMs(sv.mean_exec_time_ms) : "—" }),
+          h("td", { class: "n", text: sv ? fmtInt(sv.calls) : "—" }),
+          h("td", { class: "n", text: sv ? fmtInt(sv.shared_blks_hit) : "—" }),
+          h("td", { class: "n", text: sv ? fmtInt(sv.shared_blks_read) : "—" }),
+          h("td", { class: "n", text: sv ? fmtInt(sv.temp_blks_read + sv.temp_blks_written) : "—" }),
+          h("td", { class: "n", text: sv ? fmtInt(sv.wal_bytes) : "—" }));
+      })))));
+    if (plans) {
+      for (const db of plans.databases) {
+        el.appendChild(h("h3", { text: `Generic plans in ${db.database}` }));
+        el.appendChild(h("div", { class: "table-wrap" }, h("table", { class: "plans" },
+          h("thead", {}, h("tr", {}, ["Plan", "Summary", "First seen", "Last seen", "Seen"].map((t, i) => h("th", { scope: "col", class: i === 4 ? "n" : null, text: t })))),
+          h("tbody", {}, db.plans.map((pl) => h("tr", {},
+            h("td", {}, h("code", { text: pl.id }), pl.id === db.current ? h("span", { class: "badge", text: "current" }) : null),
+            h("td", {}, h("code", { text: pl.summary })),
+            h("td", { text: fmtIso(pl.first_seen) }), h("td", { text: fmtIso(pl.last_seen) }),
+            h("td", { class: "n", text: fmtInt(pl.times_seen) })))))));
+        const current = db.plans.find((pl) => pl.id === db.current);
+        if (current) {
+          el.appendChild(h("details", {}, h("summary", { text: "Current plan (EXPLAIN JSON)" }),
+            h("pre", {}, h("code", { text: JSON.stringify(current.plan, null, 2) }))));
+        }
+      }
+    }
+    const slow = rows.flatMap((r) => (r.slow_samples || []).map((s) => ({ ...s, database: r.database })))
+      .sort((a, b) => b.duration_ms - a.duration_ms);
+    el.appendChild(h("h3", { text: "Slowest recent executions" }));
+    el.appendChild(slow.length ? h("div", { class: "table-wrap" }, h("table", { id: "slow" },
+      h("caption", { text: "Parameter types only: values are never kept." }),
+      h("thead", {}, h("tr", {}, ["Duration ms", "When", "Database", "User", "Application", "Client", "Trace id", "Parameter type oids"]
+        .map((t, i) => h("th", { scope: "col", class: i === 0 ? "n" : null, text: t })))),
+      h("tbody", {}, slow.map((s) => h("tr", {},
+        h("td", { class: "n", text: fmtMs(s.duration_ms) }), h("td", { text: fmtIso(s.at) }),
+        h("td", { text: s.database }), h("td", { text: s.user }), h("td", { text: s.application_name }),
+        h("td", { text: s.client }), h("td", {}, s.trace_id ? h("code", { text: s.trace_id }) : ""),
+        h("td", { text: s.param_type_oids.join(", ") })))))) : h("p", { class: "muted", text: "None recorded." }));
   }
 
   // --- connections ---------------------------------------------------------------------------

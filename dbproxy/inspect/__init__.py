@@ -1,0 +1,1 @@
+"""Side connection (asyncpg): generic plans, sampled EXPLAIN ANALYZE, pg_stat_statements."""
