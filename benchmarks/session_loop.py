@@ -7,7 +7,7 @@ and ``-M simple``: one read per direction per transaction, as a busy proxy sees 
 through ``Session.client_data`` / ``Session.server_data``, with the sink's ``put`` as
 ``emit``, then hands the events to the aggregator like the drain does.  What it measures
 is the observer's share of the proxy's CPU per transaction; the relay's own cost
-(syscalls, uvloop) is measured end to end by ``benchmarks.e2e``.
+(syscalls, uvloop) is measured end to end by ``benchmarks.perf``.
 
 ``--profile`` prints the top of a cProfile of the extended-protocol loop.
 """
