@@ -74,17 +74,19 @@ def merge_histograms(hists: Sequence[Histogram]) -> Histogram:
     if len(hists) == 1:
         return hists[0]
     bounds = hists[0].bounds
-    if any(h.bounds != bounds for h in hists):
-        raise ValueError("cannot merge histograms with different bounds")
+    count = sum_ns = 0
+    for h in hists:
+        if h.bounds != bounds:
+            raise ValueError("cannot merge histograms with different bounds")
+        count += h.count
+        sum_ns += _ns(h.sum_s)
     traced = [h.exemplars for h in hists if h.exemplars]
     return Histogram(
         bounds=bounds,
-        bucket_counts=tuple(
-            sum(col) for col in zip(*(h.bucket_counts for h in hists), strict=True)
-        ),
-        count=sum(h.count for h in hists),
-        sum_s=sum(_ns(h.sum_s) for h in hists) / _NS,
-        exemplars=tuple(_latest(col) for col in zip(*traced, strict=True)) if traced else (),
+        bucket_counts=tuple(map(sum, zip(*[h.bucket_counts for h in hists], strict=True))),
+        count=count,
+        sum_s=sum_ns / _NS,
+        exemplars=tuple(map(_latest, zip(*traced, strict=True))) if traced else (),
     )
 
 
@@ -100,9 +102,32 @@ def merge_queries(
     if len(group) == 1 and not as_other:
         return group[0]
     first = group[0]
-    called = [q for q in group if q.calls]
-    tag_keys = sorted({k for q in group for k in q.tags})
+    calls = rows = rolled_back = recent_ns = 0
+    min_s = max_s = first_seen = last_seen = 0.0
+    called = False
+    tagged = False
+    for q in group:
+        calls += q.calls
+        rows += q.rows
+        rolled_back += q.rolled_back
+        recent_ns += _ns(q.recent_total_s)
+        tagged = tagged or bool(q.tags)
+        if not q.calls:
+            continue
+        if not called:
+            called = True
+            min_s, max_s, first_seen, last_seen = q.min_s, q.max_s, q.first_seen, q.last_seen
+            continue
+        min_s = min(min_s, q.min_s)
+        max_s = max(max_s, q.max_s)
+        first_seen = min(first_seen, q.first_seen)
+        last_seen = max(last_seen, q.last_seen)
     apps = merge_counts(dict(q.applications) for q in group)
+    tags: dict[str, tuple[tuple[str, int], ...]] = {}
+    if tagged:
+        for k in sorted({k for q in group for k in q.tags}):
+            counts = merge_counts(dict(q.tags[k]) for q in group if k in q.tags)
+            tags[k] = top_items(counts, max_tag_values)
     return QueryStats(
         fingerprint=OTHER if as_other else first.fingerprint,
         database=first.database,
@@ -113,23 +138,18 @@ def merge_queries(
         kind="other" if as_other else first.kind,
         tables=() if as_other else first.tables,
         parse_ok=True if as_other else first.parse_ok,
-        calls=sum(q.calls for q in group),
+        calls=calls,
         duration=merge_histograms([q.duration for q in group]),
-        min_s=min((q.min_s for q in called), default=0.0),
-        max_s=max((q.max_s for q in called), default=0.0),
-        rows=sum(q.rows for q in group),
+        min_s=min_s,
+        max_s=max_s,
+        rows=rows,
         errors=merge_counts(q.errors for q in group if q.errors),
-        rolled_back=sum(q.rolled_back for q in group),
-        first_seen=min((q.first_seen for q in called), default=0.0),
-        last_seen=max((q.last_seen for q in called), default=0.0),
-        recent_total_s=sum(_ns(q.recent_total_s) for q in group) / _NS,
+        rolled_back=rolled_back,
+        first_seen=first_seen,
+        last_seen=last_seen,
+        recent_total_s=recent_ns / _NS,
         applications=top_items(apps, max_tag_values) if apps else (),
-        tags={
-            k: top_items(
-                merge_counts(dict(q.tags[k]) for q in group if k in q.tags), max_tag_values
-            )
-            for k in tag_keys
-        },
+        tags=tags,
     )
 
 

@@ -8,14 +8,16 @@ collector and the API do not know there are several processes.
 
 Freshness: :meth:`MergedStats.refresh` asks every other worker for a dump (in parallel,
 with a short timeout; a worker that does not answer is left out and counted in
-``scrape_errors``).  :meth:`wrap_routes` makes the ``/metrics`` and ``/api/…`` handlers
-await it before they take their snapshot, so nothing served is older than the request.
-``snapshot()`` itself (synchronous, on the loop, as the collector and API call it) merges
-worker 0's own snapshot, taken there and then, with the dumps of that refresh.
+``scrape_errors``), takes worker 0's own snapshot on the loop, and merges them in a
+worker thread (≈ 0.3 s for two workers of 10,000 fingerprints: the loop keeps relaying meanwhile).
+:meth:`wrap_routes` makes the ``/metrics`` and ``/api/…`` handlers await it before they
+read ``snapshot()``, so nothing served is older than the request; ``snapshot()`` returns
+that merge (folded to ``top`` when asked) and never blocks on other processes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
@@ -79,7 +81,7 @@ class MergedStats:
         self._local_reset = local_reset
         self._peers = peers
         self._max_tag_values = max_tag_values
-        self._remote: list[WorkerDump] = []
+        self._merged: StatsSnapshot | None = None
         # the counter objects handed to the collector (summed at each snapshot)
         self.proxy = ProxyTotals()
         self.sink = SinkTotals()
@@ -102,17 +104,25 @@ class MergedStats:
         return self._peers.restarts
 
     async def refresh(self) -> None:
-        """Fetch every other worker's dump (those that answer in time)."""
+        """Fetch every other worker's dump (those that answer in time) and merge them
+        with worker 0's own statistics, taken now."""
         remote, failed = await self._peers.dumps()
-        self._remote = remote
         self.scrape_errors += failed
+        dumps = [self._local(), *remote]  # on the loop: the aggregator is not thread-safe
+        self._merged = await asyncio.to_thread(self._merge, dumps)
+        self._sum_counters(dumps)
+
+    def _merge(self, dumps: Sequence[WorkerDump]) -> StatsSnapshot:
+        return merge_snapshots([d.snapshot for d in dumps], max_tag_values=self._max_tag_values)
 
     def snapshot(self, *, top: int | None = None) -> StatsSnapshot:
-        """Worker 0's snapshot (now) merged with the dumps of the last :meth:`refresh`;
-        ``top=K`` folds the merged rows as ``Aggregator.snapshot(top=K)`` does."""
-        dumps = [self._local(), *self._remote]
-        self._sum_counters(dumps)
-        merged = merge_snapshots([d.snapshot for d in dumps], max_tag_values=self._max_tag_values)
+        """The merge of the last :meth:`refresh` (worker 0 alone, now, if there was
+        none); ``top=K`` folds it as ``Aggregator.snapshot(top=K)`` does."""
+        merged = self._merged
+        if merged is None:
+            local = self._local()
+            self._sum_counters([local])
+            merged = local.snapshot
         if top is not None:
             merged = fold_top(merged, top, max_tag_values=self._max_tag_values)
         return merged
@@ -133,6 +143,7 @@ class MergedStats:
     def reset(self) -> None:
         """Worker 0's part of ``POST /api/reset`` (the route wrapper resets the others)."""
         self._local_reset()
+        self._merged = None
 
     async def reset_peers(self) -> None:
         failed = await self._peers.reset()
