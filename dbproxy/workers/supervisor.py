@@ -135,7 +135,13 @@ class WorkerPool:
             recent.append(now)
             self.restarts += 1
             log.info("dbproxy restarting worker %d", index)
-            self._spawn(index)
+            try:
+                self._spawn(index)
+            except OSError as exc:  # out of processes, memory…: try again later
+                log.error("dbproxy cannot start worker %d: %s", index, exc)
+                self._retry[index] = asyncio.get_running_loop().call_later(
+                    self._window_s / self._max_restarts, self._retry_now, index
+                )
             return
         delay = self._window_s - (now - recent[0])
         log.error(
@@ -184,6 +190,7 @@ class WorkerPool:
                 proc.close()
         self._procs.clear()
         self.cleanup()
+        await asyncio.to_thread(_stop_resource_tracker)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -217,6 +224,18 @@ class WorkerPool:
             return_exceptions=True,
         )
         return sum(1 for r in results if isinstance(r, BaseException))
+
+
+def _stop_resource_tracker() -> None:
+    """Stop and reap the helper process "spawn" started (multiprocessing leaves it to
+    exit on its own after us, unreaped: a zombie where PID 1 does not reap)."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            stop()
 
 
 async def serve_workers(config: ProxyConfig) -> None:

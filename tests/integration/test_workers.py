@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -308,10 +309,23 @@ def test_signals_reach_every_worker_and_no_process_is_left(
         assert workers.proc.stop() == 0
     workers.proc.wait_for_line("dbproxy stopped")
     assert not wait_gone(children | {new}, 10), "processes outlived the supervisor"
+    # and worker 0 reaped them all (multiprocessing's resource tracker included): no
+    # zombie is left for PID 1, which in a container may never reap it
+    assert not [p for p in children if Path(f"/proc/{p}").exists()]
 
 
 def test_workers_exit_when_worker_0_is_killed(pg_server: PgServer) -> None:
     workers = Workers(pg_server, "--shutdown-timeout", "1")
+    # a CancelRequest is a new connection, often accepted by another worker than the
+    # session's: it is relayed as it is, so it works whichever worker takes it
+    for _ in range(3):
+        with psycopg.connect(pg_server.dsn(port=workers.port), sslmode="disable") as conn:
+            timer = threading.Timer(0.3, conn.cancel)
+            timer.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("select pg_sleep(20)")
+            timer.join()
+    assert workers.metrics()["dbproxy_cancel_requests_total"] == 3
     children = children_of(workers.proc.proc.pid)
     pid = workers.worker_pids()[1]
     assert pid in children
