@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         tps = statistics.median(t for t, _ in results[n])
         cpu = statistics.median(c for _, c in results[n])
         print(f"| {n} | {tps:,.0f} | {tps / base:.2f} | {cpu:.1f} |")
+    print()
+    for n in counts[1:]:
+        # runs next to each other in a round saw the same background load
+        ratios = [a[0] / b[0] for a, b in zip(results[n], results[counts[0]], strict=True)]
+        shown = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"--workers {n} / --workers {counts[0]} per round: {shown}")
     return 0
 
 
