@@ -249,7 +249,12 @@ async def serve_workers(config: ProxyConfig) -> None:
     except BaseException:
         pool.cleanup()
         raise
-    pool.start(dataclasses.replace(config, listen=app.proxy.address))
+    try:
+        pool.start(dataclasses.replace(config, listen=app.proxy.address))
+    except BaseException:
+        pool.begin_stop()
+        await asyncio.gather(app.stop(0), pool.wait_stopped(EXIT_GRACE_S))
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
