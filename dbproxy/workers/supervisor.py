@@ -181,16 +181,19 @@ class WorkerPool:
         if self._procs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_exited.wait(), timeout_s)
+        stuck = 0
         for index, proc in list(self._procs.items()):
             log.warning("dbproxy worker %d (pid %s) did not exit: killing it", index, proc.pid)
             proc.kill()
             await asyncio.to_thread(proc.join, 5.0)
+            stuck += proc.exitcode is None
             with contextlib.suppress(ValueError):
                 asyncio.get_running_loop().remove_reader(proc.sentinel)
                 proc.close()
         self._procs.clear()
         self.cleanup()
-        await asyncio.to_thread(_stop_resource_tracker)
+        if not stuck:  # a process still alive keeps the tracker (and the wait) going
+            await asyncio.to_thread(_stop_resource_tracker)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -264,7 +267,8 @@ async def serve_workers(config: ProxyConfig) -> None:
         if app.query_log is not None:
             app.query_log.reopen()
         sent = pool.signal_all(signal.SIGHUP)
-        log.info("SIGHUP: query log reopened; forwarded to %d worker(s)", sent)
+        what = "query log reopened" if app.query_log is not None else "no query log to reopen"
+        log.info("SIGHUP: %s; forwarded to %d worker(s)", what, sent)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     log.info("dbproxy running %d worker processes on %s", config.workers, app.proxy.address)

@@ -70,7 +70,9 @@ async def _serve(config: ProxyConfig, index: int, socket_path: str) -> None:
     def hangup() -> None:
         if app.query_log is not None:
             app.query_log.reopen()
-        log.info("SIGHUP: query log reopened")
+            log.info("SIGHUP: query log reopened")
+        else:
+            log.info("SIGHUP: no query log to reopen")
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     parent = multiprocessing.parent_process()
