@@ -12,7 +12,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -24,7 +26,7 @@ import psycopg
 import pytest
 
 from dbproxy.pgcluster import PgServer, free_port
-from tests.integration.test_cli import ProxyProcess
+from tests.integration.test_cli import ProxyProcess, run_cli
 
 TOKEN = "workers-test-token-0123456789"
 PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
@@ -332,3 +334,23 @@ def test_workers_exit_when_worker_0_is_killed(pg_server: PgServer) -> None:
     workers.proc.proc.kill()
     workers.proc.proc.wait(10)
     assert not wait_gone(children, 15), "a worker outlived a SIGKILLed worker 0"
+
+
+def test_bad_listen_address_is_an_error_line_and_exit_2_with_workers() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args in (
+            ["--listen", f"127.0.0.1:{port}"],
+            ["--listen", "127.0.0.1:0", "--http-listen", f"127.0.0.1:{port}"],
+        ):
+            result = run_cli("run", "--workers", "2", "--upstream", "127.0.0.1:1", *args)
+            assert result.returncode == 2, result.stderr
+            # (the HTTP case logs the proxy's listening line first, as one process does)
+            last = result.stderr.strip().splitlines()[-1]
+            assert last.startswith("dbproxy: cannot listen on"), result.stderr
+            assert "Traceback" not in result.stderr
+    # nothing left behind: no stats channel directory
+    leftovers = [p for p in Path(tempfile.gettempdir()).glob("dbproxy-workers-*")]
+    assert not [p for p in leftovers if p.stat().st_mtime > time.time() - 30]
