@@ -9,6 +9,7 @@ reopen the query log.  It exits when worker 0 goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -47,7 +48,7 @@ def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: i
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve(config, index, socket_path))
+            runner.run(_serve(config, index, socket_path, parent_pid))
     except ConfigError as exc:
         log.error("dbproxy worker %d: %s", index, exc)
         raise SystemExit(2) from None
@@ -55,7 +56,7 @@ def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: i
         pass
 
 
-async def _serve(config: ProxyConfig, index: int, socket_path: str) -> None:
+async def _serve(config: ProxyConfig, index: int, socket_path: str, parent_pid: int) -> None:
     from dbproxy.app import App
     from dbproxy.workers.channel import StatsChannelServer
 
@@ -88,4 +89,8 @@ async def _serve(config: ProxyConfig, index: int, socket_path: str) -> None:
         await app.run_until_stopped()
     finally:
         await channel.close()
+        if os.getppid() != parent_pid:
+            # worker 0 died and cannot remove its stats directory: the last one out does
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(socket_path))
     log.info("dbproxy worker %d stopped", index)

@@ -164,6 +164,10 @@ def wait_for_lines(path: Path, event: str, n: int, timeout: float = 10) -> list[
         time.sleep(0.05)
 
 
+def stats_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("dbproxy-workers-*"))
+
+
 @pytest.fixture(scope="module")
 def bench_schema(pg_server: PgServer) -> Iterator[str]:
     schema = f"wbench_{uuid.uuid4().hex[:8]}"
@@ -317,6 +321,7 @@ def test_signals_reach_every_worker_and_no_process_is_left(
 
 
 def test_workers_exit_when_worker_0_is_killed(pg_server: PgServer) -> None:
+    before = stats_dirs()
     workers = Workers(pg_server, "--shutdown-timeout", "1")
     # a CancelRequest is a new connection, often accepted by another worker than the
     # session's: it is relayed as it is, so it works whichever worker takes it
@@ -331,12 +336,16 @@ def test_workers_exit_when_worker_0_is_killed(pg_server: PgServer) -> None:
     children = children_of(workers.proc.proc.pid)
     pid = workers.worker_pids()[1]
     assert pid in children
+    directory = stats_dirs() - before
     workers.proc.proc.kill()
     workers.proc.proc.wait(10)
     assert not wait_gone(children, 15), "a worker outlived a SIGKILLed worker 0"
+    # the last worker out removes worker 0's stats channel directory
+    assert len(directory) == 1 and not any(d.exists() for d in directory)
 
 
 def test_bad_listen_address_is_an_error_line_and_exit_2_with_workers() -> None:
+    before = stats_dirs()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -351,6 +360,4 @@ def test_bad_listen_address_is_an_error_line_and_exit_2_with_workers() -> None:
             last = result.stderr.strip().splitlines()[-1]
             assert last.startswith("dbproxy: cannot listen on"), result.stderr
             assert "Traceback" not in result.stderr
-    # nothing left behind: no stats channel directory
-    leftovers = [p for p in Path(tempfile.gettempdir()).glob("dbproxy-workers-*")]
-    assert not [p for p in leftovers if p.stat().st_mtime > time.time() - 30]
+    assert stats_dirs() <= before  # no stats channel directory left behind
