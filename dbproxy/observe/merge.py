@@ -106,7 +106,10 @@ def merge_queries(
     min_s = max_s = first_seen = last_seen = 0.0
     called = False
     tagged = False
+    apps: dict[str, int] = {}
     for q in group:
+        for value, n in q.applications:
+            apps[value] = apps.get(value, 0) + n
         calls += q.calls
         rows += q.rows
         rolled_back += q.rolled_back
@@ -122,7 +125,6 @@ def merge_queries(
         max_s = max(max_s, q.max_s)
         first_seen = min(first_seen, q.first_seen)
         last_seen = max(last_seen, q.last_seen)
-    apps = merge_counts(dict(q.applications) for q in group)
     tags: dict[str, tuple[tuple[str, int], ...]] = {}
     if tagged:
         for k in sorted({k for q in group for k in q.tags}):
