@@ -155,10 +155,14 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
 
 
 def wait_for_lines(path: Path, event: str, n: int, timeout: float = 10) -> list[dict[str, object]]:
-    """The query log's records once it holds ``n`` lines of ``event`` (writers are threads)."""
+    """The query log's records once it holds ``n`` lines of ``event`` (writers are threads).
+
+    Only whole lines: a read may catch a write in progress (the last line, unfinished).
+    Every whole line must be one JSON object: workers never interleave their lines."""
     deadline = time.monotonic() + timeout
     while True:
-        records = [json.loads(line) for line in path.read_text().splitlines()]
+        complete = path.read_text().split("\n")[:-1]
+        records = [json.loads(line) for line in complete]
         if sum(1 for r in records if r["event"] == event) >= n or time.monotonic() > deadline:
             return records
         time.sleep(0.05)
