@@ -29,12 +29,22 @@ from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
 from dbproxy.export.profiling import Profiler, ProfilingSettings, start_profiling
 from dbproxy.export.prometheus import DbproxyCollector
 from dbproxy.export.querylog import QueryLog, open_query_log
+from dbproxy.export.workers import WorkersCollector
 from dbproxy.inspect.inspector import Inspector, InspectSettings
 from dbproxy.observe.aggregator import Aggregator, StatementNote
+from dbproxy.observe.dump import (
+    ProxyTotals,
+    QueryLogTotals,
+    SinkTotals,
+    SpanTotals,
+    WorkerDump,
+    counters_of,
+)
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import Event
 from dbproxy.proxy.server import ProxyServer
 from dbproxy.sql.cache import Fingerprinter
+from dbproxy.workers.merged import MergedStats, Peers
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +56,28 @@ NoteConsumer = Callable[[list[Event], "dict[int, StatementNote] | None"], None]
 
 
 class App:
-    def __init__(self, config: ProxyConfig, *, consumers: Sequence[Consumer] = ()) -> None:
+    """One proxy process.  With ``--workers N`` (see :mod:`dbproxy.workers`): worker 0
+    gets ``peers`` (the other workers) and serves their merged statistics; workers
+    1..N-1 get ``serve_http=False`` and serve theirs on a stats channel instead."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        consumers: Sequence[Consumer] = (),
+        worker_index: int = 0,
+        peers: Peers | None = None,
+        serve_http: bool = True,
+    ) -> None:
         self.config = config
+        self.worker_index = worker_index
+        self._serve_http = serve_http
         self.sink = QueueSink(config.sink_capacity)
         self.fingerprinter = Fingerprinter()
         self.aggregator = Aggregator(
             fingerprinter=self.fingerprinter, max_fingerprints=config.max_fingerprints
         )
-        self.proxy = ProxyServer(config, self.sink)
+        self.proxy = ProxyServer(config, self.sink, worker_index=worker_index)
         self.tracing: Tracing | None = build_tracing(
             TracingSettings(
                 trace=config.trace,
@@ -85,15 +109,28 @@ class App:
                 f"cannot open query log {config.query_log} (--query-log): {reason}"
             ) from None
         self.registry = CollectorRegistry()
+        # with other workers, /metrics and /api read every worker's statistics, merged
+        self.merged: MergedStats | None = None
+        if peers is not None:
+            self.merged = MergedStats(
+                self.local_dump,
+                self.aggregator.reset,
+                peers,
+                tracing=self.tracing is not None,
+                query_log=self.query_log is not None,
+            )
+            self.registry.register(WorkersCollector(self.merged))
         self.collector = DbproxyCollector(
-            self.aggregator,
-            proxy=self.proxy.stats,
-            sink=self.sink,
-            fingerprinter=self.fingerprinter,
+            self.merged or self.aggregator,
+            proxy=self.merged.proxy if self.merged else self.proxy.stats,
+            sink=self.merged.sink if self.merged else self.sink,
+            fingerprinter=self.merged.fingerprinter if self.merged else self.fingerprinter,
             max_fingerprints=config.metrics_max_fingerprints,
             metrics_tags=config.metrics_tags,
-            spans=self.tracing.counts if self.tracing is not None else None,
-            query_log=self.query_log,
+            spans=self.merged.spans
+            if self.merged
+            else (self.tracing.counts if self.tracing is not None else None),
+            query_log=self.merged.query_log if self.merged else self.query_log,
         )
         self.registry.register(self.collector)
         self.inspector = _build_inspector(config, self.fingerprinter)
@@ -105,21 +142,20 @@ class App:
             self.registry.register(InspectCollector(self.inspector))
             inspect_routes = inspect_routes_for(self.inspector)
             row_extras = row_extras_for(self.inspector)
-        self.http = HttpServer(
-            config.http_listen.host,
-            config.http_listen.port,
-            export_routes(
-                stats=self.aggregator,
-                ready=self.proxy.check_upstream,
-                registry=self.registry,
-                collector=self.collector,
-                api_token=config.api_token,
-                ui=config.ui,
-                trace_url_template=config.ui_trace_url,
-                extra_routes=inspect_routes,
-                row_extras=row_extras,
-            ),
+        routes = export_routes(
+            stats=self.merged or self.aggregator,
+            ready=self.proxy.check_upstream,
+            registry=self.registry,
+            collector=self.collector,
+            api_token=config.api_token,
+            ui=config.ui,
+            trace_url_template=config.ui_trace_url,
+            extra_routes=inspect_routes,
+            row_extras=row_extras,
         )
+        if self.merged is not None:
+            routes = self.merged.wrap_routes(routes)
+        self.http = HttpServer(config.http_listen.host, config.http_listen.port, routes)
         # consumers that take the tracing notes, then plain ones (tests' recorders)
         self._note_consumers: list[NoteConsumer] = [self.aggregator.consume]
         if self.query_log is not None:
@@ -136,6 +172,13 @@ class App:
 
     async def start(self) -> None:
         await self.proxy.start()
+        if self._serve_http:
+            await self._start_http()
+        if self.tracing is not None:
+            log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+
+    async def _start_http(self) -> None:
         try:
             await self.http.start()
         except OSError as exc:
@@ -146,6 +189,22 @@ class App:
         log.info("dbproxy %s, observer modules: %s", __version__, speedups.status().describe())
         what = "the web UI, /metrics, /api" if self.config.ui else "/metrics, /api"
         log.info("dbproxy serving %s and health checks on http://%s/", what, self.http.address)
+
+    def local_dump(self) -> WorkerDump:
+        """This process's statistics and counters (what another worker's merge reads);
+        on the loop: the aggregator is not thread-safe."""
+        return WorkerDump(
+            worker=self.worker_index,
+            pid=os.getpid(),
+            snapshot=self.aggregator.snapshot(top=None),
+            proxy=counters_of(ProxyTotals, self.proxy.stats),
+            sink=counters_of(SinkTotals, self.sink),
+            fingerprinter=self.fingerprinter.stats,
+            spans=None if self.tracing is None else counters_of(SpanTotals, self.tracing.counts),
+            query_log=None
+            if self.query_log is None
+            else counters_of(QueryLogTotals, self.query_log),
+        )
         if self.tracing is not None:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
         if self.config.pyroscope_server_address is not None:
@@ -284,4 +343,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run(config: ProxyConfig) -> None:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(config))
+        if config.workers > 1:
+            from dbproxy.workers.supervisor import serve_workers
+
+            runner.run(serve_workers(config))
+        else:
+            runner.run(serve(config))

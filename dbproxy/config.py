@@ -53,6 +53,8 @@ class ProxyConfig:
     listen: Address = field(default_factory=lambda: Address("127.0.0.1", 6432))
     #: the PostgreSQL server (or pooler) the proxy forwards to
     upstream: Address = field(default_factory=lambda: Address("127.0.0.1", 5432))
+    #: processes accepting on the listen address (SO_REUSEPORT); worker 0 serves HTTP
+    workers: int = 1
     #: seconds to let sessions finish on SIGTERM/SIGINT before closing them
     shutdown_timeout: float = 30.0
     #: seconds to wait for the upstream TCP connection
@@ -165,6 +167,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    value = int(text)
+    if not 1 <= value <= 256:
+        raise ValueError("must be auto or a number of processes from 1 to 256")
+    return value
+
+
 def _log_level(text: str) -> str:
     value = text.lower()
     if value not in ("debug", "info", "warning", "error"):
@@ -272,6 +283,14 @@ _SETTINGS = (
         "--upstream",
         "HOST:PORT",
         "the PostgreSQL server (127.0.0.1:5432)",
+    ),
+    _Setting(
+        "workers",
+        "DBPROXY_WORKERS",
+        _workers,
+        "--workers",
+        "N",
+        "processes sharing the listen port (SO_REUSEPORT), or auto = one per core (1)",
     ),
     _Setting(
         "shutdown_timeout",

@@ -40,12 +40,13 @@ class ProxyStats:
 
 
 class ProxyServer:
-    def __init__(self, config: ProxyConfig, sink: EventSink) -> None:
+    def __init__(self, config: ProxyConfig, sink: EventSink, *, worker_index: int = 0) -> None:
         self.config = config
         self.sink = sink
         self.stats = ProxyStats()
         self.connections: set[ClientConnection] = set()
-        self._ids = itertools.count(1)
+        # session ids unique across worker processes (worker i: i+1, i+1+N, …)
+        self._ids = itertools.count(worker_index + 1, config.workers)
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 
@@ -65,7 +66,14 @@ class ProxyServer:
         listen = self.config.listen
         try:
             self._server = await loop.create_server(
-                self._new_connection, listen.host, listen.port, reuse_address=True, backlog=1024
+                self._new_connection,
+                listen.host,
+                listen.port,
+                reuse_address=True,
+                # --workers N: every worker listens on the same port; the kernel spreads
+                # new connections over them
+                reuse_port=self.config.workers > 1 or None,
+                backlog=1024,
             )
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
