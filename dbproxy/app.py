@@ -176,7 +176,12 @@ class App:
             await self._start_http()
         if self.tracing is not None:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
+        if self.config.pyroscope_server_address is not None:
+            self.profiler = start_profiling(self._profiling_settings(self.config))
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+        if self.inspector is not None:
+            self.inspector.start()
+            log.info("dbproxy inspecting plans through its side connection")
 
     async def _start_http(self) -> None:
         try:
@@ -205,14 +210,6 @@ class App:
             if self.query_log is None
             else counters_of(QueryLogTotals, self.query_log),
         )
-        if self.tracing is not None:
-            log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
-        if self.config.pyroscope_server_address is not None:
-            self.profiler = start_profiling(self._profiling_settings(self.config))
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
-        if self.inspector is not None:
-            self.inspector.start()
-            log.info("dbproxy inspecting plans through its side connection")
 
     def _profiling_settings(self, config: ProxyConfig) -> ProfilingSettings:
         assert config.pyroscope_server_address is not None
@@ -220,10 +217,17 @@ class App:
         return ProfilingSettings(
             server_address=config.pyroscope_server_address,
             application_name=name or "dbproxy",
-            # as Prometheus names this proxy: host and the port of /metrics
-            tags={"instance": f"{socket.gethostname()}:{self.http.address.port}"},
+            tags=self._profile_tags(),
             env=config.pyroscope_env,
         )
+
+    def _profile_tags(self) -> dict[str, str]:
+        # as Prometheus names this proxy: host and the port of /metrics (worker 0's)
+        port = self.http.address.port if self._serve_http else self.config.http_listen.port
+        tags = {"instance": f"{socket.gethostname()}:{port}"}
+        if self.config.workers > 1:
+            tags["worker"] = str(self.worker_index)
+        return tags
 
     async def drain(self) -> int:
         """Hand everything in the sink to the consumers; returns how many events.
