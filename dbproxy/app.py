@@ -12,20 +12,27 @@ owns their lifecycle. Nothing else constructs these objects or reads the configu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from dbproxy.config import ProxyConfig
 from dbproxy.errors import ConfigError
+from dbproxy.export.findings import FindingsCollector, FindingsEndpoints
 from dbproxy.export.http import HttpServer, export_routes
+from dbproxy.export.notify import Notifier, NotifierSettings, build_notifier
 from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
 from dbproxy.export.prometheus import DbproxyCollector
 from dbproxy.export.querylog import QueryLog, open_query_log
 from dbproxy.observe.aggregator import Aggregator, StatementNote
+from dbproxy.observe.detector import DetectorSettings
+from dbproxy.observe.history_store import open_store
+from dbproxy.observe.regression import RegressionMonitor
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import Event
 from dbproxy.proxy.server import ProxyServer
@@ -35,14 +42,23 @@ log = logging.getLogger(__name__)
 
 #: How often the drain task moves events from the sink to the aggregator.
 DRAIN_INTERVAL_S = 0.1
+#: How often the regression detector evaluates (real seconds).
+DETECT_INTERVAL_S = 5.0
 
 Consumer = Callable[[list[Event]], None]
 NoteConsumer = Callable[[list[Event], "dict[int, StatementNote] | None"], None]
 
 
 class App:
-    def __init__(self, config: ProxyConfig, *, consumers: Sequence[Consumer] = ()) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        consumers: Sequence[Consumer] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
+        self.clock = clock  # history and detector time (tests inject a fake one)
         self.sink = QueueSink(config.sink_capacity)
         self.fingerprinter = Fingerprinter()
         self.aggregator = Aggregator(
@@ -91,6 +107,7 @@ class App:
             query_log=self.query_log,
         )
         self.registry.register(self.collector)
+        self.regression, self.notifier = self._build_regression(config)
         self.http = HttpServer(
             config.http_listen.host,
             config.http_listen.port,
@@ -102,18 +119,92 @@ class App:
                 api_token=config.api_token,
                 ui=config.ui,
                 trace_url_template=config.ui_trace_url,
+                extra_routes=FindingsEndpoints(self.regression, api_token=config.api_token).routes()
+                if self.regression is not None
+                else (),
             ),
         )
         # consumers that take the tracing notes, then plain ones (tests' recorders)
         self._note_consumers: list[NoteConsumer] = [self.aggregator.consume]
         if self.query_log is not None:
             self._note_consumers.append(self.query_log.consume)
+        if self.regression is not None:
+            self._note_consumers.append(self.regression.consume)
         self._consumers: list[Consumer] = list(consumers)
         self.consumer_errors = 0
         self._stopping = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_lock = asyncio.Lock()
         self._draining_stopped = False
+        self._detect_task: asyncio.Task[None] | None = None
+        self._day_ago: tuple[int, object] | None = None  # (minute, window) cache
+
+    def _build_regression(
+        self, config: ProxyConfig
+    ) -> tuple[RegressionMonitor | None, Notifier | None]:
+        if not config.detect:
+            return None, None
+        store = None
+        if config.state_dir:
+            store = open_store(config.state_dir, clock=self.clock)
+        else:
+            log.info(
+                "history kept in memory only (no day-ago baseline, lost on restart); "
+                "--state-dir DIR keeps 26 h of minutes and 14 days of hours"
+            )
+        monitor = RegressionMonitor(
+            fingerprinter=self.fingerprinter,
+            settings=DetectorSettings(
+                window_s=config.detect_window,
+                baselines=config.detect_baseline,
+                min_calls=config.detect_min_calls,
+                min_latency_s=config.detect_min_latency_ms / 1000,
+                latency_ratio=config.detect_latency_ratio,
+            ),
+            store=store,
+            clock=self.clock,
+            n_plus_one_min=config.n_plus_one_min,
+            max_fingerprints=config.max_fingerprints,
+        )
+        notifier = build_notifier(
+            NotifierSettings(
+                slack_url=config.slack_webhook_url,
+                webhook_url=config.webhook_url,
+                public_url=config.public_url,
+                runbook_url=config.runbook_url,
+                cooldown_s=config.notify_cooldown,
+            ),
+            clock=self.clock,
+        )
+        if notifier is not None:
+            monitor.detector.listeners.append(notifier.finding_changed)
+        self.registry.register(FindingsCollector(monitor, notifier))
+        return monitor, notifier
+
+    async def detect(self) -> int:
+        """One evaluation (the day-ago window is read from the store off the loop, once
+        a minute); returns how many findings it opened."""
+        monitor = self.regression
+        if monitor is None:
+            return 0
+        now = self.clock()
+        day_ago = None
+        if monitor.store is not None and "day" in monitor.settings.baselines:
+            minute = int(now // 60)
+            if self._day_ago is None or self._day_ago[0] != minute:
+                window = await asyncio.to_thread(monitor.day_ago, now)
+                self._day_ago = (minute, window)
+            day_ago = self._day_ago[1]
+        async with self._drain_lock:  # not in the middle of a batch
+            return len(monitor.tick(now, day_ago=day_ago))  # type: ignore[arg-type]
+
+    async def _detect_forever(self) -> None:
+        while not self._draining_stopped:
+            await asyncio.sleep(DETECT_INTERVAL_S)
+            try:
+                await self.detect()
+            except Exception:
+                self._consumer_failed("detector", 0)
 
     async def start(self) -> None:
         await self.proxy.start()
@@ -129,6 +220,8 @@ class App:
         if self.tracing is not None:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+        if self.regression is not None:
+            self._detect_task = asyncio.get_running_loop().create_task(self._detect_forever())
 
     async def drain(self) -> int:
         """Hand everything in the sink to the consumers; returns how many events.
@@ -187,6 +280,14 @@ class App:
             self._draining_stopped = True
             await self._drain_task
         await self.drain()  # what the last sessions emitted
+        if self._detect_task is not None:
+            self._detect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._detect_task
+        if self.regression is not None:  # writes the open minute, joins the store thread
+            await asyncio.to_thread(self.regression.close)
+        if self.notifier is not None:
+            await asyncio.to_thread(self.notifier.close, 5.0)
         if self.tracing is not None:  # exports what is queued; blocks, so off the loop
             await asyncio.to_thread(self.tracing.shutdown)
         if self.query_log is not None:  # writes what the last drain queued
