@@ -137,14 +137,20 @@ class FindingsEndpoints:
             ):
                 rows[(unit, db)] = _point(unit, resolution, db, calls, sum_ns, n_rows, hist)
         if resolution == "minute":  # what is not written yet (the open minute, or no store)
+            open_minute = monitor.history.open_minute
             for minute, key, bucket in monitor.history.minute_buckets(fid):
                 if database is not None and key[1] != database:
                     continue
-                if store is not None and minute != monitor.history.open_minute:
-                    continue
                 point = (minute, key[1])
-                if point in rows:
+                stored = rows.get(point)
+                if stored is not None and minute == open_minute:
+                    # a partial minute written before a restart, plus what came since
+                    stored["calls"] += bucket.calls
+                    stored["rows"] += bucket.rows
+                    stored["total_ms"] = round(stored["total_ms"] + bucket.sum_ns / 1e6, 3)
                     continue
+                if stored is not None:
+                    continue  # written: the store has all of it
                 rows[point] = _point(
                     minute,
                     "minute",

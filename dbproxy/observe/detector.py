@@ -73,6 +73,9 @@ class DetectorSettings:
     #: in how many distinct minutes (a stall of the machine hits one minute only)
     min_slow_calls: int = 5
     min_slow_minutes: int = 2
+    #: when at least this fraction of the comparable fingerprints (3 or more) got
+    #: latency_ratio slower at once, no per-query latency finding is raised
+    systemic_fraction: float = 0.5
     error_ratio: float = 3.0
     error_rate_min: float = 0.05
     min_errors: int = 5
@@ -170,6 +173,9 @@ class _Side:
     error_rates: dict[str, float]
     total_s: float
     counts: tuple[int, ...] = ()  # latency histogram (after sides only)
+    #: the highest p95 of the trailing windows: a regression must be worse than all of
+    #: them (the baseline's own spread: a busy machine's usual bad minutes)
+    p95_ceiling_s: float = float("nan")
 
     def numbers(self) -> dict[str, float]:
         return {
@@ -253,6 +259,9 @@ class Detector:
         self.evaluations = 0
         self.last_evaluation: float | None = None
         self._new: list[Finding] = []  # opened, listeners not told yet
+        self.systemic_evaluations = 0  # evaluations that saw most fingerprints slower
+        self._trailing_range: tuple[int, int] | None = None
+        self._trailing_cache: dict[Key, _Side] = {}
 
     # ------------------------------------------------------------------ deploys
     def mark_deploy(self, version: str, at: float | None = None, source: str = "api") -> Deploy:
@@ -408,8 +417,8 @@ class Detector:
         if deploy is not None:
             after_map: Mapping[Key, Bucket] = deploy.after
             after_minutes = max((now - deploy.at) / 60, 1e-9)
-            before_of: Callable[[Key], _Side] = lambda key: _side(  # noqa: E731
-                deploy.before.get(key), deploy.before_span_s / 60, s.min_calls
+            before_of: Callable[[Key], _Side] = lambda key: self._before_deploy(  # noqa: E731
+                deploy, key, minute
             )
             keys = set(deploy.after) | set(deploy.before)
             baseline = "deploy"
@@ -426,11 +435,39 @@ class Detector:
             before_of = lambda key: self._baseline(key, minute, day)  # noqa: E731
 
         heavy = self._new_heavy_candidates(after_map, minute, deploy)
+        quiet = s.min_calls
+        results: list[tuple[Key, _Side, _Side, list[tuple[str, str]]]] = []
+        comparable = slower = 0
         for key in keys:
-            after = _side(after_map.get(key), after_minutes, s.min_calls)
+            bucket = after_map.get(key)
             before = before_of(key)
+            if (
+                (bucket is None or bucket.calls < quiet)
+                and before.calls < 4 * quiet
+                and key not in heavy
+            ):
+                continue  # too little traffic on the after side, no throughput to lose
+            after = _side(bucket, after_minutes, s.min_calls)
             since = int(deploy.at // 60) if deploy is not None else minute - wmin
-            for kind, detail in self._conditions(key, before, after, after_minutes, since):
+            conditions = self._conditions(key, before, after, after_minutes, since)
+            if not (math.isnan(before.p95_s) or math.isnan(after.p95_s)):
+                comparable += 1
+                slower += (
+                    after.p95_s >= s.latency_ratio * before.p95_s
+                    and after.p95_s >= s.min_latency_s
+                )
+            results.append((key, before, after, conditions))
+        # Most fingerprints slower at once is the host or the server (CPU, I/O, locks),
+        # not a query: one finding per query would only bury the cause.
+        systemic = comparable >= 3 and slower >= s.systemic_fraction * comparable
+        if systemic:
+            self.systemic_evaluations += 1
+        for key, before, after, conditions in results:
+            for kind, detail in conditions:
+                slot = (key[0], key[1], kind, detail)
+                if systemic and kind == "latency_regression":
+                    seen.add(slot)  # an open one stays as it is
+                    continue
                 finding = self._raise(
                     key,
                     kind,
@@ -442,7 +479,7 @@ class Detector:
                     baseline=baseline,
                 )
                 self._decorate(finding, key, detail)
-                seen.add((key[0], key[1], kind, detail))
+                seen.add(slot)
             if key in heavy:
                 finding = self._raise(
                     key,
@@ -460,6 +497,14 @@ class Detector:
         self._resolve_stale(now, seen, after_map, deploy)
         self._trim()
         return self._announce_new()
+
+    def _before_deploy(self, deploy: Deploy, key: Key, minute: int) -> _Side:
+        side = _side(deploy.before.get(key), deploy.before_span_s / 60, self.settings.min_calls)
+        if "trailing" in self.settings.baselines:
+            trailing = self._trailing(key, minute)
+            if trailing is not None:
+                side.p95_ceiling_s = trailing.p95_ceiling_s
+        return side
 
     def _baseline(self, key: Key, minute: int, day: Mapping[Key, Bucket] | None) -> _Side:
         s = self.settings
@@ -481,11 +526,13 @@ class Detector:
             rows_per_call=_nanmax(side.rows_per_call for side in sides),
             error_rates={c: max(side.error_rates.get(c, 0.0) for side in sides) for c in classes},
             total_s=min(side.total_s for side in sides),
+            p95_ceiling_s=_nanmax(side.p95_ceiling_s for side in sides),
         )
 
     def _trailing(self, key: Key, minute: int) -> _Side | None:
         """Median of the aligned windows entirely before the recent one (windows with no
-        call count as zero traffic, back to the first minute this history knows)."""
+        call count as zero traffic, back to the first minute this history knows).
+        Cached until the range of blocks moves (once per window)."""
         s = self.settings
         h = self.history
         wmin = s.window_minutes
@@ -495,6 +542,21 @@ class Detector:
         n_blocks = last_block - first_block + 1
         if n_blocks < s.min_baseline_windows:
             return None
+        if self._trailing_range != (first_block, last_block):
+            self._trailing_range = (first_block, last_block)
+            self._trailing_cache = {}
+        cached = self._trailing_cache.get(key)
+        if cached is None:
+            cached = self._trailing_cache[key] = self._median_of_blocks(
+                key, first_block, last_block
+            )
+        return cached
+
+    def _median_of_blocks(self, key: Key, first_block: int, last_block: int) -> _Side:
+        s = self.settings
+        wmin = s.window_minutes
+        n_blocks = last_block - first_block + 1
+        h = self.history
         blocks = [b for b in h.blocks(key) if first_block <= b.block <= last_block]
         calls = [float(b.calls) for b in blocks] + [0.0] * (n_blocks - len(blocks))
         busy = [b for b in blocks if b.calls >= s.min_calls]
@@ -515,6 +577,7 @@ class Detector:
             total_s=statistics.median(
                 [b.total_s for b in blocks] + [0.0] * (n_blocks - len(blocks))
             ),
+            p95_ceiling_s=max((b.p95_s for b in busy), default=float("nan")),
         )
 
     def _conditions(
@@ -529,6 +592,7 @@ class Detector:
             and not math.isnan(after.p95_s)
             and after.p95_s >= s.min_latency_s
             and after.p95_s >= s.latency_ratio * before.p95_s
+            and not after.p95_s <= before.p95_ceiling_s  # (NaN: no ceiling known)
             # a handful of slow calls, not one outlier that the p95 of a quiet window is
             and _count_above(after.counts, s.latency_ratio * before.p95_s) >= s.min_slow_calls
             and self.history.minutes_with_calls_above(

@@ -22,10 +22,13 @@ Everything older (26 h of minutes, 14 days of hours) lives in the store only.
 
 from __future__ import annotations
 
+import operator
+import struct
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from dbproxy.observe.histogram import bounds_to_ns
@@ -96,10 +99,9 @@ class Bucket:
         self.calls += sign * other.calls
         self.sum_ns += sign * other.sum_ns
         self.rows += sign * other.rows
-        counts = self.counts
-        for i, n in enumerate(other.counts):
-            if n:
-                counts[i] += sign * n
+        self.counts = list(
+            map(operator.add if sign > 0 else operator.sub, self.counts, other.counts)
+        )
         if other.errors:
             errors = self.errors
             if errors is None:
@@ -114,8 +116,10 @@ class Bucket:
                 self.errors = None
 
     def copy(self) -> Bucket:
-        out = Bucket()
-        out.add(self)
+        out = Bucket.__new__(Bucket)
+        out.calls, out.sum_ns, out.rows = self.calls, self.sum_ns, self.rows
+        out.counts = self.counts.copy()
+        out.errors = dict(self.errors) if self.errors else None
         return out
 
     @property
@@ -130,6 +134,56 @@ class Bucket:
         return self.sum_ns / 1e9
 
 
+# a completed minute of one key, packed: calls, rows, sum_ns, then the bucket counts
+_PACK: Final = struct.Struct(f"<IQQ{N_BUCKETS}I")
+_NO_ERRORS: Final[Mapping[str, int]] = MappingProxyType({})
+
+
+class FrozenMinute:
+    """A completed minute's buckets, packed (≈ 120 bytes per key instead of ≈ 350):
+    memory holds a whole window of these for every active fingerprint."""
+
+    __slots__ = ("errors", "packed")
+
+    def __init__(self, buckets: Mapping[Key, Bucket]) -> None:
+        pack = _PACK.pack
+        self.packed: dict[Key, bytes] = {
+            k: pack(b.calls, b.rows, b.sum_ns, *b.counts) for k, b in buckets.items()
+        }
+        self.errors: dict[Key, dict[str, int]] = {
+            k: dict(b.errors) for k, b in buckets.items() if b.errors
+        }
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.packed
+
+    def get(self, key: Key) -> Bucket | None:
+        raw = self.packed.get(key)
+        if raw is None:
+            return None
+        return self._unpack(key, raw)
+
+    def _unpack(self, key: Key, raw: bytes) -> Bucket:
+        values = _PACK.unpack(raw)
+        b = Bucket()
+        b.calls, b.rows, b.sum_ns = values[0], values[1], values[2]
+        b.counts = list(values[3:])
+        errors = self.errors.get(key)
+        if errors:
+            b.errors = dict(errors)
+        return b
+
+    def items(self) -> Iterator[tuple[Key, Bucket]]:
+        for key, raw in self.packed.items():
+            yield key, self._unpack(key, raw)
+
+    def keys(self) -> Iterable[Key]:
+        return self.packed.keys()
+
+
 @dataclass(frozen=True, slots=True)
 class BlockSummary:
     """A key's numbers over one aligned block of ``window_minutes`` minutes."""
@@ -142,7 +196,7 @@ class BlockSummary:
     errors: Mapping[str, int]
 
 
-def merge_into(target: dict[Key, Bucket], source: Mapping[Key, Bucket]) -> None:
+def merge_into(target: dict[Key, Bucket], source: Mapping[Key, Bucket] | FrozenMinute) -> None:
     for key, bucket in source.items():
         acc = target.get(key)
         if acc is None:
@@ -172,7 +226,7 @@ class History:
         self._open_minute: int | None = None
         self._open: dict[Key, Bucket] = {}
         #: completed minutes still inside the recent window, oldest first
-        self._minutes: dict[int, dict[Key, Bucket]] = {}
+        self._minutes: dict[int, FrozenMinute] = {}
         self._window: dict[Key, Bucket] = {}  # sum of self._minutes
         self._block_no: int | None = None
         self._block: dict[Key, Bucket] = {}
@@ -235,7 +289,7 @@ class History:
             self._block_no = block_no
         if block_no == self._block_no:
             merge_into(self._block, buckets)
-        self._minutes[minute] = buckets
+        self._minutes[minute] = FrozenMinute(buckets)
         merge_into(self._window, buckets)
 
     def _finish_block(self) -> None:
@@ -251,7 +305,7 @@ class History:
                     total_s=acc.total_s,
                     p95_s=acc.p95_s(),
                     rows=acc.rows,
-                    errors=dict(acc.errors) if acc.errors else {},
+                    errors=dict(acc.errors) if acc.errors else _NO_ERRORS,
                 )
             )
         self._block = {}
@@ -323,8 +377,8 @@ class History:
     def minute_buckets(self, fingerprint: str) -> list[tuple[int, Key, Bucket]]:
         """The in-memory minutes (window and open one) of every key of ``fingerprint``."""
         out: list[tuple[int, Key, Bucket]] = []
-        for minute, buckets in self._minutes.items():
-            out.extend((minute, k, b) for k, b in buckets.items() if k[0] == fingerprint)
+        for minute, frozen in self._minutes.items():
+            out.extend((minute, k, b) for k, b in frozen.items() if k[0] == fingerprint)
         if self._open_minute is not None:
             out.extend(
                 (self._open_minute, k, b) for k, b in self._open.items() if k[0] == fingerprint

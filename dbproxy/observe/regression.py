@@ -74,6 +74,8 @@ class RegressionMonitor:
         self.max_fingerprints = max_fingerprints
         self.overflow = 0  # statements of keys beyond max_fingerprints (not kept)
         self.queries: dict[Key, str] = {}
+        self._keys: dict[Key, Key] = {}
+        self._evaluated_minute: int | None = None
         self._tags: dict[Key, dict[str, str]] = {}
         self._examples: dict[Key, list[tuple[int, str, int]]] = {}
         self.history = History(
@@ -108,8 +110,10 @@ class RegressionMonitor:
         wmin = self.settings.window_minutes
         try:
             for fid, db, query, first in store.fingerprints():
-                if len(self.queries) < self.max_fingerprints:
-                    self.queries[(fid, db)] = query
+                if len(self._keys) < self.max_fingerprints:
+                    key = (fid, db)
+                    self._keys[key] = key
+                    self.queries[key] = query
                     self.history.first_seen[(fid, db)] = first
             start = minute - wmin * (self.settings.keep_baseline_windows + 2)
             for m, buckets in store.minutes(start, minute + 1):
@@ -137,6 +141,7 @@ class RegressionMonitor:
         fingerprint = self._fingerprinter.fingerprint
         nplus = self.n_plus_one
         queries = self.queries
+        keys = self._keys
         for i, ev in enumerate(events):
             cls = type(ev)
             if cls is StatementFinished or cls is StatementFailed:
@@ -149,12 +154,14 @@ class RegressionMonitor:
                     fp = fingerprint(st.text)
                 if fp.operation == "EMPTY":
                     continue
-                key = (fp.id, st.database)
-                if key not in queries:
-                    if len(queries) >= self.max_fingerprints:
+                key = keys.get((fp.id, st.database))
+                if key is None:  # one tuple per key, shared by every bucket of it
+                    if len(keys) >= self.max_fingerprints:
                         self.overflow += 1
                         continue
-                    queries[key] = fp.text
+                    key = (fp.id, st.database)
+                    keys[key] = key
+                    queries.setdefault(key, fp.text)
                 err = st.error.sqlstate[:2] if cls is StatementFailed else None  # type: ignore[union-attr]
                 history.observe(key, minute, st.duration_ns, st.rows, err)
                 tags = fp.tags
@@ -177,8 +184,9 @@ class RegressionMonitor:
                             known["route"] = route
                         if application:
                             known["application"] = application
-                    if st.text_in_batch:
-                        trace_id = trace_id_of(tags.get("traceparent", ""))
+                    traceparent = tags.get("traceparent")
+                    if traceparent and st.text_in_batch:
+                        trace_id = trace_id_of(traceparent)
                 if deploy is not None:
                     bucket = deploy.after.get(key)
                     if bucket is None:
@@ -251,12 +259,22 @@ class RegressionMonitor:
         return self.store.window(minute - self.settings.window_minutes, minute + 1)
 
     def tick(
-        self, now: float | None = None, *, day_ago: Mapping[Key, Bucket] | None = None
+        self,
+        now: float | None = None,
+        *,
+        day_ago: Mapping[Key, Bucket] | None = None,
+        force: bool = False,
     ) -> list[Finding]:
-        """Close idle N+1 groups and evaluate; returns the findings opened."""
+        """Close idle N+1 groups and, once per minute (buckets are minutes; an evaluation
+        of 10,000 busy fingerprints takes a few hundred ms), evaluate; returns the
+        findings opened."""
         now = self.clock() if now is None else now
         self.n_plus_one.expire(now)
-        opened = self.detector.evaluate(now, day_ago=day_ago)
+        minute = int(now // 60)
+        opened: list[Finding] = []
+        if force or minute != self._evaluated_minute:
+            self._evaluated_minute = minute
+            opened = self.detector.evaluate(now, day_ago=day_ago)
         self.publish()
         return opened
 
