@@ -443,7 +443,7 @@ class Detector:
             before = before_of(key)
             if (
                 (bucket is None or bucket.calls < quiet)
-                and before.calls < 4 * quiet
+                and before.calls < 2 * quiet
                 and key not in heavy
             ):
                 continue  # too little traffic on the after side, no throughput to lose
@@ -616,7 +616,7 @@ class Detector:
                 out.append(("rows_per_call_jump", ""))
         # throughput: calls per minute, once the after side covers half a window
         if (
-            before.calls >= 4 * s.min_calls
+            before.calls >= 2 * s.min_calls
             and after_minutes >= s.window_minutes / 2
             and before.minutes > 0
         ):
