@@ -181,9 +181,10 @@ class App:
         self.registry.register(FindingsCollector(monitor, notifier))
         return monitor, notifier
 
-    async def detect(self) -> int:
-        """One evaluation (the day-ago window is read from the store off the loop, once
-        a minute); returns how many findings it opened."""
+    async def detect(self, *, force: bool = False) -> int:
+        """One evaluation (at most one a minute unless ``force``; the day-ago window is
+        read from the store off the loop, once a minute); returns how many findings it
+        opened."""
         monitor = self.regression
         if monitor is None:
             return 0
@@ -196,7 +197,7 @@ class App:
                 self._day_ago = (minute, window)
             day_ago = self._day_ago[1]
         async with self._drain_lock:  # not in the middle of a batch
-            return len(monitor.tick(now, day_ago=day_ago))  # type: ignore[arg-type]
+            return len(monitor.tick(now, day_ago=day_ago, force=force))  # type: ignore[arg-type]
 
     async def _detect_forever(self) -> None:
         while not self._draining_stopped:

@@ -598,7 +598,7 @@ class Detector:
             and self.history.minutes_with_calls_above(
                 key, round(s.latency_ratio * before.p95_s * 1e9), since
             )
-            >= s.min_slow_minutes
+            >= min(s.min_slow_minutes, s.window_minutes)
         ):
             out.append(("latency_regression", ""))
         if enough:
