@@ -498,3 +498,21 @@ def test_no_client_literal_reaches_findings_history_or_notifications(
         sim.close()
         proxy.stop()
         receiver.close()
+
+
+def test_a_new_version_tag_marks_a_deploy(shop: PgServer) -> None:
+    clock = FakeClock()
+    proxy = start_proxy(shop, clock=clock, **detection_config())
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True, prepare_threshold=None) as conn:
+            for version in ("1.4.0", "1.4.0", "1.5.0", "1.4.0", "1.5.0"):  # rolling deploy
+                conn.execute(
+                    f"SELECT count(*) FROM reg_small /*application='shop',version='{version}'*/"
+                ).fetchall()
+                proxy.drain_now()
+                clock.advance(10)
+        deploys = call_api(proxy, "/api/deploys")
+        assert [(d["version"], d["source"]) for d in deploys] == [("1.5.0", "tag:version")]
+        assert deploys[0]["at"] == START + 20
+    finally:
+        proxy.stop()
