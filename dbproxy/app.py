@@ -31,6 +31,7 @@ from dbproxy.export.prometheus import DbproxyCollector
 from dbproxy.export.querylog import QueryLog, open_query_log
 from dbproxy.observe.aggregator import Aggregator, StatementNote
 from dbproxy.observe.detector import DetectorSettings
+from dbproxy.observe.history import Bucket, Key
 from dbproxy.observe.history_store import open_store
 from dbproxy.observe.regression import RegressionMonitor
 from dbproxy.observe.sink import QueueSink
@@ -137,7 +138,8 @@ class App:
         self._drain_lock = asyncio.Lock()
         self._draining_stopped = False
         self._detect_task: asyncio.Task[None] | None = None
-        self._day_ago: tuple[int, object] | None = None  # (minute, window) cache
+        # (minute, the day-ago window read for it): read once a minute
+        self._day_ago: tuple[int, dict[Key, Bucket] | None] | None = None
 
     def _build_regression(
         self, config: ProxyConfig
@@ -197,7 +199,7 @@ class App:
                 self._day_ago = (minute, window)
             day_ago = self._day_ago[1]
         async with self._drain_lock:  # not in the middle of a batch
-            return len(monitor.tick(now, day_ago=day_ago, force=force))  # type: ignore[arg-type]
+            return len(monitor.tick(now, day_ago=day_ago, force=force))
 
     async def _detect_forever(self) -> None:
         while not self._draining_stopped:
