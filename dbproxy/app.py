@@ -198,8 +198,14 @@ class App:
                 window = await asyncio.to_thread(monitor.day_ago, now)
                 self._day_ago = (minute, window)
             day_ago = self._day_ago[1]
-        async with self._drain_lock:  # not in the middle of a batch
-            return len(monitor.tick(now, day_ago=day_ago, force=force))
+        async with self._drain_lock:  # no batch meanwhile: the sink buffers (bounded)
+            steps = monitor.tick_steps(now, day_ago=day_ago, force=force)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return len(done.value)
+                await asyncio.sleep(0)  # relay bytes between chunks of fingerprints
 
     async def _detect_forever(self) -> None:
         while not self._draining_stopped:

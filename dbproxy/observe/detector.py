@@ -30,7 +30,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -38,11 +38,13 @@ from dbproxy.observe.history import Bucket, History, Key
 from dbproxy.observe.stats import QUERY_BUCKETS_S
 
 __all__ = [
+    "EVALUATION_CHUNK",
     "FINDING_TYPES",
     "Deploy",
     "Detector",
     "DetectorSettings",
     "Finding",
+    "run_steps",
 ]
 
 FINDING_TYPES: Final = (
@@ -55,9 +57,21 @@ FINDING_TYPES: Final = (
     "plan_change",
     "n_plus_one",
 )
+#: keys compared between two yields of :meth:`Detector.evaluate_steps`
+EVALUATION_CHUNK: Final = 500
 _MAX_FINDINGS: Final = 1_000  # resolved findings beyond this are forgotten, oldest first
 _MAX_DEPLOYS: Final = 100
 _MAX_VERSIONS: Final = 1_000
+
+
+def run_steps(steps: Generator[None, None, list[Finding]]) -> list[Finding]:
+    """Run a stepwise evaluation to its end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            opened: list[Finding] = done.value
+            return opened
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,6 +418,18 @@ class Detector:
         self, now: float | None = None, *, day_ago: Mapping[Key, Bucket] | None = None
     ) -> list[Finding]:
         """Compare every key; returns the findings opened by this evaluation."""
+        return run_steps(self.evaluate_steps(now, day_ago=day_ago))
+
+    def evaluate_steps(
+        self,
+        now: float | None = None,
+        *,
+        day_ago: Mapping[Key, Bucket] | None = None,
+        chunk: int = EVALUATION_CHUNK,
+    ) -> Generator[None, None, list[Finding]]:
+        """:meth:`evaluate` in steps of ``chunk`` keys: the caller may let its event loop
+        run between steps (10,000 busy fingerprints take a few hundred ms).  Nothing else
+        may touch the history or the detector until the generator is exhausted."""
         now = self.clock() if now is None else now
         s = self.settings
         h = self.history
@@ -438,7 +464,9 @@ class Detector:
         quiet = s.min_calls
         results: list[tuple[Key, _Side, _Side, list[tuple[str, str]]]] = []
         comparable = slower = 0
-        for key in keys:
+        for n, key in enumerate(keys):
+            if n and not n % chunk:
+                yield
             bucket = after_map.get(key)
             before = before_of(key)
             if (
@@ -453,8 +481,7 @@ class Detector:
             if not (math.isnan(before.p95_s) or math.isnan(after.p95_s)):
                 comparable += 1
                 slower += (
-                    after.p95_s >= s.latency_ratio * before.p95_s
-                    and after.p95_s >= s.min_latency_s
+                    after.p95_s >= s.latency_ratio * before.p95_s and after.p95_s >= s.min_latency_s
                 )
             results.append((key, before, after, conditions))
         # Most fingerprints slower at once is the host or the server (CPU, I/O, locks),

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from dbproxy.observe.aggregator import StatementNote
-from dbproxy.observe.detector import Deploy, Detector, DetectorSettings, Finding
+from dbproxy.observe.detector import Deploy, Detector, DetectorSettings, Finding, run_steps
 from dbproxy.observe.history import Bucket, History, Key
 from dbproxy.observe.history_store import HistoryStore
 from dbproxy.observe.nplusone import NPlusOneStats, NPlusOneTracker, trace_id_of
@@ -265,16 +265,25 @@ class RegressionMonitor:
         day_ago: Mapping[Key, Bucket] | None = None,
         force: bool = False,
     ) -> list[Finding]:
-        """Close idle N+1 groups and, once per minute (buckets are minutes; an evaluation
-        of 10,000 busy fingerprints takes a few hundred ms), evaluate; returns the
-        findings opened."""
+        """Close idle N+1 groups and, once per minute (buckets are minutes), evaluate;
+        returns the findings opened."""
+        return run_steps(self.tick_steps(now, day_ago=day_ago, force=force))
+
+    def tick_steps(
+        self,
+        now: float | None = None,
+        *,
+        day_ago: Mapping[Key, Bucket] | None = None,
+        force: bool = False,
+    ) -> Generator[None, None, list[Finding]]:
+        """:meth:`tick` in steps, so the event loop can relay bytes in between."""
         now = self.clock() if now is None else now
         self.n_plus_one.expire(now)
         minute = int(now // 60)
         opened: list[Finding] = []
         if force or minute != self._evaluated_minute:
             self._evaluated_minute = minute
-            opened = self.detector.evaluate(now, day_ago=day_ago)
+            opened = yield from self.detector.evaluate_steps(now, day_ago=day_ago)
         self.publish()
         return opened
 
