@@ -149,11 +149,6 @@ class App:
         store = None
         if config.state_dir:
             store = open_store(config.state_dir, clock=self.clock)
-        else:
-            log.info(
-                "history kept in memory only (no day-ago baseline, lost on restart); "
-                "--state-dir DIR keeps 26 h of minutes and 14 days of hours"
-            )
         monitor = RegressionMonitor(
             fingerprinter=self.fingerprinter,
             settings=DetectorSettings(
@@ -228,6 +223,11 @@ class App:
         log.info("dbproxy serving %s and health checks on http://%s/", what, self.http.address)
         if self.tracing is not None:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
+        if self.regression is not None and self.regression.store is None:
+            log.info(
+                "history kept in memory only (no day-ago baseline, lost on restart); "
+                "--state-dir DIR keeps 26 h of minutes and 14 days of hours"
+            )
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
         if self.regression is not None:
             self._detect_task = asyncio.get_running_loop().create_task(self._detect_forever())
