@@ -12,10 +12,12 @@ owns their lifecycle. Nothing else constructs these objects or reads the configu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
@@ -24,7 +26,9 @@ from dbproxy import __version__, speedups
 from dbproxy.config import ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.export.api import RowExtras
+from dbproxy.export.findings import FindingsCollector, FindingsEndpoints
 from dbproxy.export.http import HttpServer, Route, export_routes
+from dbproxy.export.notify import Notifier, NotifierSettings, build_notifier
 from dbproxy.export.otel import Tracing, TracingSettings, build_tracing
 from dbproxy.export.profiling import Profiler, ProfilingSettings, start_profiling
 from dbproxy.export.prometheus import DbproxyCollector
@@ -32,6 +36,7 @@ from dbproxy.export.querylog import QueryLog, open_query_log
 from dbproxy.export.workers import WorkersCollector
 from dbproxy.inspect.inspector import Inspector, InspectSettings
 from dbproxy.observe.aggregator import Aggregator, StatementNote
+from dbproxy.observe.detector import DetectorSettings
 from dbproxy.observe.dump import (
     ProxyTotals,
     QueryLogTotals,
@@ -40,6 +45,9 @@ from dbproxy.observe.dump import (
     WorkerDump,
     counters_of,
 )
+from dbproxy.observe.history import Bucket, Key
+from dbproxy.observe.history_store import open_store
+from dbproxy.observe.regression import RegressionMonitor
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import Event
 from dbproxy.proxy.server import ProxyServer
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: How often the drain task moves events from the sink to the aggregator.
 DRAIN_INTERVAL_S = 0.1
+#: How often the regression detector evaluates (real seconds).
+DETECT_INTERVAL_S = 5.0
 
 Consumer = Callable[[list[Event]], None]
 NoteConsumer = Callable[[list[Event], "dict[int, StatementNote] | None"], None]
@@ -68,10 +78,12 @@ class App:
         worker_index: int = 0,
         peers: Peers | None = None,
         serve_http: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.worker_index = worker_index
         self._serve_http = serve_http
+        self.clock = clock  # history and detector time (tests inject a fake one)
         self.sink = QueueSink(config.sink_capacity)
         self.fingerprinter = Fingerprinter()
         self.aggregator = Aggregator(
@@ -134,14 +146,37 @@ class App:
         )
         self.registry.register(self.collector)
         self.inspector = _build_inspector(config, self.fingerprinter)
-        inspect_routes: list[Route] = []
+        extra_routes: list[Route] = []
         row_extras: RowExtras | None = None
         if self.inspector is not None:
             from dbproxy.export.inspect import InspectCollector, inspect_routes_for, row_extras_for
 
             self.registry.register(InspectCollector(self.inspector))
-            inspect_routes = inspect_routes_for(self.inspector)
+            extra_routes = inspect_routes_for(self.inspector)
             row_extras = row_extras_for(self.inspector)
+        self.regression, self.notifier = self._build_regression(config)
+        if self.regression is not None:
+            extra_routes.extend(
+                FindingsEndpoints(self.regression, api_token=config.api_token).routes()
+            )
+            if self.inspector is not None:  # plans and rows scanned feed the detector
+                detector = self.regression.detector
+                self.inspector.on_plan_change.append(
+                    lambda c: detector.note_plan_change(
+                        fingerprint=c.fingerprint,
+                        database=c.database,
+                        at_s=c.at_s,
+                        before_plan_id=c.before_plan_id,
+                        after_plan_id=c.after_plan_id,
+                        before_summary=c.before_summary,
+                        after_summary=c.after_summary,
+                    )
+                )
+                self.inspector.on_rows_scanned.append(
+                    lambda fp, db, at, scanned: detector.note_rows_scanned(
+                        fingerprint=fp, database=db, at_s=at, rows_scanned_per_call=scanned
+                    )
+                )
         routes = export_routes(
             stats=self.merged or self.aggregator,
             ready=self.proxy.check_upstream,
@@ -150,7 +185,7 @@ class App:
             api_token=config.api_token,
             ui=config.ui,
             trace_url_template=config.ui_trace_url,
-            extra_routes=inspect_routes,
+            extra_routes=extra_routes,
             row_extras=row_extras,
         )
         if self.merged is not None:
@@ -162,6 +197,8 @@ class App:
             self._note_consumers.append(self.query_log.consume)
         if self.inspector is not None:
             self._note_consumers.append(self.inspector.consume)
+        if self.regression is not None:
+            self._note_consumers.append(self.regression.consume)
         self._consumers: list[Consumer] = list(consumers)
         self.consumer_errors = 0
         self._stopping = asyncio.Event()
@@ -169,6 +206,78 @@ class App:
         self._drain_lock = asyncio.Lock()
         self._draining_stopped = False
         self.profiler: Profiler | None = None
+        self._detect_task: asyncio.Task[None] | None = None
+        # (minute, the day-ago window read for it): read once a minute
+        self._day_ago: tuple[int, dict[Key, Bucket] | None] | None = None
+
+    def _build_regression(
+        self, config: ProxyConfig
+    ) -> tuple[RegressionMonitor | None, Notifier | None]:
+        if not config.detect:
+            return None, None
+        store = None
+        if config.state_dir:
+            store = open_store(config.state_dir, clock=self.clock)
+        monitor = RegressionMonitor(
+            fingerprinter=self.fingerprinter,
+            settings=DetectorSettings(
+                window_s=config.detect_window,
+                baselines=config.detect_baseline,
+                min_calls=config.detect_min_calls,
+                min_latency_s=config.detect_min_latency_ms / 1000,
+                latency_ratio=config.detect_latency_ratio,
+            ),
+            store=store,
+            clock=self.clock,
+            n_plus_one_min=config.n_plus_one_min,
+            max_fingerprints=config.max_fingerprints,
+        )
+        notifier = build_notifier(
+            NotifierSettings(
+                slack_url=config.slack_webhook_url,
+                webhook_url=config.webhook_url,
+                public_url=config.public_url,
+                runbook_url=config.runbook_url,
+                cooldown_s=config.notify_cooldown,
+            ),
+            clock=self.clock,
+        )
+        if notifier is not None:
+            monitor.detector.listeners.append(notifier.finding_changed)
+        self.registry.register(FindingsCollector(monitor, notifier))
+        return monitor, notifier
+
+    async def detect(self, *, force: bool = False) -> int:
+        """One evaluation (at most one a minute unless ``force``; the day-ago window is
+        read from the store off the loop, once a minute); returns how many findings it
+        opened."""
+        monitor = self.regression
+        if monitor is None:
+            return 0
+        now = self.clock()
+        day_ago = None
+        if monitor.store is not None and "day" in monitor.settings.baselines:
+            minute = int(now // 60)
+            if self._day_ago is None or self._day_ago[0] != minute:
+                window = await asyncio.to_thread(monitor.day_ago, now)
+                self._day_ago = (minute, window)
+            day_ago = self._day_ago[1]
+        async with self._drain_lock:  # no batch meanwhile: the sink buffers (bounded)
+            steps = monitor.tick_steps(now, day_ago=day_ago, force=force)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return len(done.value)
+                await asyncio.sleep(0)  # relay bytes between chunks of fingerprints
+
+    async def _detect_forever(self) -> None:
+        while not self._draining_stopped:
+            await asyncio.sleep(DETECT_INTERVAL_S)
+            try:
+                await self.detect()
+            except Exception:
+                self._consumer_failed("detector", 0)
 
     async def start(self) -> None:
         await self.proxy.start()
@@ -178,7 +287,14 @@ class App:
             log.info("dbproxy exporting statement spans to %s", self.tracing.destination)
         if self.config.pyroscope_server_address is not None:
             self.profiler = start_profiling(self._profiling_settings(self.config))
+        if self.regression is not None and self.regression.store is None:
+            log.info(
+                "history kept in memory only (no day-ago baseline, lost on restart); "
+                "--state-dir DIR keeps 26 h of minutes and 14 days of hours"
+            )
         self._drain_task = asyncio.get_running_loop().create_task(self._drain_forever())
+        if self.regression is not None:
+            self._detect_task = asyncio.get_running_loop().create_task(self._detect_forever())
         if self.inspector is not None:
             self.inspector.start()
             log.info("dbproxy inspecting plans through its side connection")
@@ -288,6 +404,14 @@ class App:
         await self.drain()  # what the last sessions emitted
         if self.inspector is not None:
             await self.inspector.stop()
+        if self._detect_task is not None:
+            self._detect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._detect_task
+        if self.regression is not None:  # writes the open minute, joins the store thread
+            await asyncio.to_thread(self.regression.close)
+        if self.notifier is not None:
+            await asyncio.to_thread(self.notifier.close, 5.0)
         if self.tracing is not None:  # exports what is queued; blocks, so off the loop
             await asyncio.to_thread(self.tracing.shutdown)
         if self.query_log is not None:  # writes what the last drain queued

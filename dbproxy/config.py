@@ -121,6 +121,26 @@ class ProxyConfig:
     inspect_statement_timeout_ms: int = 5000
     #: fingerprint ids or table names never sampled with EXPLAIN ANALYZE
     inspect_exclude: tuple[str, ...] = ()
+    #: regression detection (history, findings, N+1, notifications)
+    detect: bool = True
+    #: directory for the history file (history.sqlite); None: memory only (no day-ago
+    #: baseline, nothing survives a restart)
+    state_dir: str | None = None
+    detect_window: float = 900.0
+    detect_baseline: tuple[str, ...] = ("day", "trailing")
+    detect_min_calls: int = 30
+    detect_min_latency_ms: float = 5.0
+    detect_latency_ratio: float = 2.0
+    n_plus_one_min: int = 10
+    #: base URL of this proxy's web UI as people reach it (links in notifications)
+    public_url: str | None = None
+    #: base URL of the runbooks (deploy/runbooks/ as published), linked in notifications
+    runbook_url: str | None = None
+    #: notification targets (secrets: environment or config file only)
+    slack_webhook_url: str | None = field(default=None, repr=False)
+    webhook_url: str | None = field(default=None, repr=False)
+    #: one notification per fingerprint and finding type per this many seconds
+    notify_cooldown: float = 3600.0
     #: the standard OTEL_* variables, handed to the exporter explicitly
     otel_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Pyroscope server for the proxy's own CPU profiles (the `profiling` extra)
@@ -267,7 +287,7 @@ def _ratio(text: str) -> float:
     return value
 
 
-_SETTINGS = (
+_SETTINGS: tuple[_Setting, ...] = (
     _Setting(
         "listen",
         "DBPROXY_LISTEN",
@@ -518,6 +538,125 @@ _SETTINGS = (
 )
 
 
+def _baselines(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip().lower() for v in text.split(",") if v.strip())
+    if not values or not set(values) <= {"day", "trailing"}:
+        raise ValueError("must be day, trailing or day,trailing")
+    return values
+
+
+def _window(text: str) -> float:
+    value = float(text)
+    if not value >= 60:
+        raise ValueError("must be at least 60 seconds (history has 1-minute buckets)")
+    return value
+
+
+def _ratio_above_one(text: str) -> float:
+    value = float(text)
+    if not value > 1:
+        raise ValueError("must be greater than 1")
+    return value
+
+
+_DETECTION_SETTINGS = (
+    _Setting(
+        "detect",
+        "DBPROXY_DETECT",
+        _bool,
+        "--no-detect",
+        None,
+        "no regression detection, history or N+1 findings",
+        "false",
+    ),
+    _Setting(
+        "state_dir",
+        "DBPROXY_STATE_DIR",
+        _nonempty,
+        "--state-dir",
+        "DIR",
+        "keep history (26 h of minutes, 14 days of hours) in DIR/history.sqlite "
+        "(default: memory only, no day-ago baseline, lost on restart)",
+    ),
+    _Setting(
+        "detect_window",
+        "DBPROXY_DETECT_WINDOW",
+        _window,
+        "--detect-window",
+        "SECONDS",
+        "recent window compared with the baseline (900)",
+    ),
+    _Setting(
+        "detect_baseline",
+        "DBPROXY_BASELINE",
+        _baselines,
+        "--baseline",
+        "B",
+        "day (same window a day ago), trailing (median of earlier windows) or both",
+    ),
+    _Setting(
+        "detect_min_calls",
+        "DBPROXY_DETECT_MIN_CALLS",
+        _positive_int,
+        "--detect-min-calls",
+        "N",
+        "calls needed on both sides of a comparison (30)",
+    ),
+    _Setting(
+        "detect_min_latency_ms",
+        "DBPROXY_DETECT_MIN_LATENCY_MS",
+        _positive_float,
+        "--detect-min-latency-ms",
+        "MS",
+        "ignore latency regressions below this p95 (5)",
+    ),
+    _Setting(
+        "detect_latency_ratio",
+        "DBPROXY_DETECT_LATENCY_RATIO",
+        _ratio_above_one,
+        "--detect-latency-ratio",
+        "R",
+        "p95 ratio that is a latency regression (2)",
+    ),
+    _Setting(
+        "n_plus_one_min",
+        "DBPROXY_N_PLUS_ONE_MIN",
+        _positive_int,
+        "--n-plus-one-min",
+        "N",
+        "executions of one fingerprint per request that make an N+1 (10)",
+    ),
+    _Setting(
+        "public_url",
+        "DBPROXY_PUBLIC_URL",
+        _endpoint,
+        "--public-url",
+        "URL",
+        "base URL of this web UI, for links in notifications",
+    ),
+    _Setting(
+        "runbook_url",
+        "DBPROXY_RUNBOOK_URL",
+        _endpoint,
+        "--runbook-url",
+        "URL",
+        "base URL of the runbooks (deploy/runbooks), for links in notifications",
+    ),
+    _Setting("slack_webhook_url", "DBPROXY_SLACK_WEBHOOK_URL", _endpoint),  # secret
+    _Setting("webhook_url", "DBPROXY_WEBHOOK_URL", _endpoint),  # secret
+    _Setting(
+        "notify_cooldown",
+        "DBPROXY_NOTIFY_COOLDOWN",
+        _positive_float,
+        "--notify-cooldown",
+        "SECONDS",
+        "at most one notification per fingerprint and type in this time (3600)",
+    ),
+)
+_SETTINGS = (*_SETTINGS, *_DETECTION_SETTINGS)
+_SECRETS = frozenset(["api_token", "inspect_dsn", "slack_webhook_url", "webhook_url"])
+
+
 def cli_settings() -> tuple[CliSetting, ...]:
     """The settings that have a ``dbproxy run`` flag, in declaration order."""
     return tuple(
@@ -568,12 +707,16 @@ def load_config(
                 "other users): set DBPROXY_INSPECT_DSN, inspect_dsn in the config file, "
                 "or use a .pgpass file"
             )
-        if isinstance(raw, list) and setting.name in ("metrics_tags", "inspect_exclude"):
+        if isinstance(raw, list) and setting.name in (
+            "metrics_tags",
+            "inspect_exclude",
+            "detect_baseline",
+        ):
             raw = ",".join(str(item) for item in raw)
         try:
             values[setting.name] = setting.parse(str(raw))
         except ValueError as exc:
-            shown = "(hidden)" if setting.name in ("api_token", "inspect_dsn") else repr(raw)
+            shown = "(hidden)" if setting.name in _SECRETS else repr(raw)
             raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
     values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}

@@ -45,6 +45,9 @@ EXIT_USAGE = 2
 #: when there is no --duration, the regression comes after this many seconds
 DEFAULT_REGRESSION_AFTER_S = 30.0
 STATUS_INTERVAL_S = 10.0
+DETECT_INTERVAL_S = 5.0
+#: the deploy marker the demo sets when it injects the regression
+DEMO_DEPLOY = "demo-drop-index"
 INSTALL_HINT = "pip install 'dbproxy[demo]'"
 
 
@@ -235,6 +238,7 @@ class Demo:
         self._watched: str | None = None  # fingerprint of the regressed query
         self._watched_before: Histogram | None = None  # its latencies until the drop
         self._last: tuple[float, int, Histogram | None] | None = None
+        self._announced: set[str] = set()  # finding ids already printed
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -327,6 +331,10 @@ class Demo:
             shutdown_timeout=2.0,
             log_level="warning",
             metrics_tags=("application", "route"),
+            # short windows, so the injected regression is a finding within a minute
+            detect_window=60.0,
+            detect_min_calls=10,
+            detect_min_latency_ms=2.0,
         )
         app = App(config)
         try:
@@ -357,6 +365,7 @@ class Demo:
         self.say(f"  Web UI       {base}/")
         self.say(f"  Queries API  {base}/api/queries?sort=p95&limit=10")
         self.say(f"  Metrics      {base}/metrics")
+        self.say(f"  Findings     {base}/api/findings")
         self.say(f"  Join in      {_psql()} '{proxy_dsn}'")
         self.say()
         workload = WorkloadThread(Workload(proxy_dsn))
@@ -431,6 +440,8 @@ class Demo:
         await asyncio.sleep(started + self.options.regression_after - time.monotonic())
         fp = await asyncio.to_thread(fingerprint, regressed_statement())  # sqlglot: off-loop
         before = self._query(app, fp.id)
+        if app.regression is not None:  # the "deploy" the detector compares around
+            app.regression.mark_deploy(DEMO_DEPLOY)
         # the connection's SCRAM exchange is CPU work: on the workload's loop, not ours
         await workload.call(drop_regressed_index(pg.dsn()))
         p95 = _fmt_ms(before.duration.quantile(0.95)) if before is not None else "n/a"
@@ -448,10 +459,34 @@ class Demo:
         return None
 
     async def _status_loop(self, app: App, started: float) -> None:
+        next_status = started + STATUS_INTERVAL_S
         while True:
-            await asyncio.sleep(STATUS_INTERVAL_S)
+            await asyncio.sleep(DETECT_INTERVAL_S)
             await app.drain()
-            self.say(self._status(app, time.monotonic() - started))
+            await app.detect(force=True)  # the demo's windows are short: look often
+            self._announce_findings(app)
+            if time.monotonic() >= next_status:
+                next_status += STATUS_INTERVAL_S
+                self.say(self._status(app, time.monotonic() - started))
+
+    def _announce_findings(self, app: App) -> None:
+        if app.regression is None:
+            return
+        for finding in app.regression.detector.open_findings():
+            if finding.id in self._announced:
+                continue
+            self._announced.add(finding.id)
+            before, after = finding.before.get("p95_ms"), finding.after.get("p95_ms")
+            numbers = (
+                f": p95 {before:.1f} ms -> {after:.1f} ms"
+                if before is not None and after is not None and finding.type != "n_plus_one"
+                else ""
+            )
+            deploy = f" after deploy {finding.deploy.version!r}" if finding.deploy else ""
+            self.say(
+                f"dbproxy demo: finding {finding.type} on fingerprint {finding.fingerprint}"
+                f"{deploy}{numbers}"
+            )
 
     def _status(self, app: App, elapsed: float) -> str:
         """Statements and errors in the last interval (from the proxy's own statistics),

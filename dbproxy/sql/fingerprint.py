@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, TypeVar, overload
 
 from dbproxy.sql.analyze import Analysis, QueryKind, analyze
 from dbproxy.sql.commenter import tags_from_comments
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 RULES_VERSION: Final = "1"
+_T = TypeVar("_T")
 
 
 class Tags(Mapping[str, str]):
@@ -45,6 +46,18 @@ class Tags(Mapping[str, str]):
 
     def __getitem__(self, key: str) -> str:
         return self._map[key]
+
+    @overload
+    def get(self, key: str, /) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str, /) -> str: ...
+    @overload
+    def get(self, key: str, default: _T, /) -> str | _T: ...
+    def get(self, key: str, default: object = None, /) -> object:
+        return self._map.get(key, default)  # the dict's, not Mapping's try/except one
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._map)

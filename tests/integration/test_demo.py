@@ -18,11 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from dbproxy.demo.run import DEMO_DEPLOY
 from dbproxy.demo.schema import REGRESSED_INDEX
 from dbproxy.demo.workload import APPLICATIONS, SENTINEL_EMAIL, regressed_statement
 from dbproxy.sql.fingerprint import fingerprint
 
-DURATION_S = 25
+DURATION_S = 30
 REGRESSION_AFTER_S = 8
 
 
@@ -121,6 +122,17 @@ def test_demo_regression_is_found_and_everything_is_cleaned_up() -> None:
         assert announced.group(2) == expected
         assert "customer_id = $1" in announced.group(3)
 
+        # the detector's finding: that fingerprint, that deploy, before/after numbers
+        demo.wait_for(rf"finding latency_regression on fingerprint {expected} after deploy", 20)
+        findings = json.loads(get(f"{api}/api/findings?type=latency_regression"))
+        regressed = [f for f in findings if f["fingerprint"] == expected]
+        assert regressed, findings
+        assert regressed[0]["deploy"]["version"] == DEMO_DEPLOY
+        assert regressed[0]["after"]["p95_ms"] > 2 * regressed[0]["before"]["p95_ms"]
+        assert "customer_id = $1" in regressed[0]["query"]
+        # nothing else slowed down
+        assert {f["fingerprint"] for f in findings} == {expected}, findings
+
         # p95 since the start: a few seconds of seq scans put it well above everything else
         deadline = time.monotonic() + 12
         while True:
@@ -143,7 +155,7 @@ def test_demo_regression_is_found_and_everything_is_cleaned_up() -> None:
 
         # literals never leave the proxy: not in the API, the metrics or the demo's output
         metrics = get(f"{api}/metrics")
-        for text in (raw, metrics, "".join(demo.stdout)):
+        for text in (raw, metrics, "".join(demo.stdout), json.dumps(findings)):
             assert SENTINEL_EMAIL not in text
             assert "s3cr3t" not in text
         assert get(f"{api}/").strip(), "the web UI answers at /"

@@ -309,7 +309,7 @@ def test_ui_in_a_real_browser(ui_proxy: RunningProxy) -> None:
             page.goto(f"{ui_proxy.http_url}/#/connections")
             page.wait_for_selector("#connections tbody tr td")
             page.goto(f"{ui_proxy.http_url}/#/findings")
-            page.wait_for_selector("text=Regression detection is not enabled")
+            page.wait_for_selector("#findings td.empty")  # nothing regressed in this workload
             connections_png = ARTIFACTS / "ui-connections.png"
             page.goto(f"{ui_proxy.http_url}/#/connections")
             page.wait_for_selector("#transactions")
@@ -320,3 +320,96 @@ def test_ui_in_a_real_browser(ui_proxy: RunningProxy) -> None:
     print(f"\nscreenshots: {top_png} {query_png} {dark_png} {connections_png}")
     assert problems == []
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.integration
+def test_findings_view_in_a_real_browser(pg_server: PgServer) -> None:
+    """A real deploy-named finding (dropped index after a deploy marked from the page
+    itself, workload through the proxy on a simulated clock), plus a plan change from the
+    server-side seam: the Findings view lists both with before/after numbers and the
+    deploy, and no literal."""
+    import playwright.sync_api as playwright_sync
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    clock = [1_800_000_000.0]
+    proxy = start_proxy(
+        pg_server,
+        clock=lambda: clock[0],
+        detect_window=120.0,
+        detect_min_calls=10,
+        detect_min_latency_ms=2.0,
+    )
+    slow_sql = f"SELECT pg_sleep(%s), '{SENTINEL}' AS tag /*route='%%2Fcart'*/"
+    fast_sql = f"SELECT {SENTINEL_NUMBER} + %s"
+    problems: list[str] = []
+
+    def minute(conn: psycopg.Connection[Any], sleep_s: float) -> None:
+        for i in range(8):
+            conn.execute(slow_sql, (sleep_s,)).fetchall()
+            conn.execute(fast_sql, (i,)).fetchall()
+        proxy.drain_now()
+        clock[0] += 60
+        proxy.call_async(proxy.app.detect())
+
+    try:
+        with (
+            psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+            playwright_sync.sync_playwright() as p,
+        ):
+            for _ in range(6):
+                minute(conn, 0.001)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+                page.on(
+                    "response",
+                    lambda r: (
+                        problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None
+                    ),
+                )
+                page.goto(f"{proxy.http_url}/?interval=500#/findings")
+                page.wait_for_selector("#findings td.empty")
+                page.fill("#deploy-version", "v9.9.9")
+                page.click("#deploy-form button[type=submit]")  # same-origin POST
+                page.wait_for_selector("#deploys >> text=v9.9.9")
+                for _ in range(3):  # the deploy made the query 20x slower
+                    minute(conn, 0.02)
+                slow_fp = next(
+                    q["fingerprint"]
+                    for q in api(proxy, "/api/queries")["queries"]
+                    if "pg_sleep" in q["query"]
+                )
+                proxy.call(
+                    lambda: proxy.app.regression.detector.note_plan_change(  # type: ignore[union-attr]
+                        fingerprint=slow_fp,
+                        database=pg_server.database,
+                        at_s=clock[0],
+                        before_plan_id="a1b2",
+                        after_plan_id="c3d4",
+                        before_summary="Index Scan using cart_pkey",
+                        after_summary="Seq Scan on cart",
+                    )
+                )
+                row = page.locator("#findings tbody tr", has_text="Latency regression")
+                row.wait_for()
+                assert "v9.9.9" in row.locator("td.deploy").inner_text()
+                before = row.locator("td.before").inner_text()
+                after = row.locator("td.after").inner_text()
+                assert before.startswith("p95 ") and after.startswith("p95 "), (before, after)
+                plan_row = page.locator("#findings tbody tr", has_text="Plan change")
+                plan_row.wait_for()
+                assert "Seq Scan on cart" in plan_row.locator("td.after").inner_text()
+                text = page.inner_text("main")
+                assert "pg_sleep($1)" in text
+                assert SENTINEL not in text and SENTINEL_NUMBER not in text
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                findings_png = ARTIFACTS / "ui-findings.png"
+                page.screenshot(path=str(findings_png), full_page=True)
+                print(f"\nscreenshot: {findings_png}")
+            finally:
+                browser.close()
+    finally:
+        proxy.stop()
+    assert problems == []

@@ -841,15 +841,93 @@
   }
 
   // --- findings ----------------------------------------------------------------------------
+  const FINDING_TITLES = {
+    latency_regression: "Latency regression", new_heavy: "New heavy query", error_spike: "Error spike",
+    rows_per_call_jump: "Rows per call jump", throughput_drop: "Throughput drop",
+    rows_scanned_jump: "Rows scanned jump", plan_change: "Plan change", n_plus_one: "N+1 queries",
+  };
+  function findingNumbers(f, side) {
+    const n = f[side] || {};
+    const parts = [];
+    if (f.type === "n_plus_one") {
+      if (side === "before") return "—";
+      parts.push(`${fmtNum(n.executions_per_request_median, 0)} per request (max ${fmtNum(n.executions_per_request_max, 0)})`);
+      parts.push(`${fmtMs(n.time_per_request_ms)} ms per request`);
+      return parts.join(", ");
+    }
+    if (f.type === "plan_change" && f.plan) {
+      return side === "before" ? f.plan.before_summary : f.plan.after_summary;
+    }
+    if (n.rows_scanned_per_call !== undefined) parts.push(`${fmtNum(n.rows_scanned_per_call, 1)} rows scanned / call`);
+    if (n.p95_ms !== undefined && n.p95_ms !== null) parts.push(`p95 ${fmtMs(n.p95_ms)} ms`);
+    if (n.calls_per_min !== undefined && n.calls_per_min !== null) parts.push(`${fmtNum(n.calls_per_min, 1)} calls/min`);
+    if (f.type === "rows_per_call_jump" && n.rows_per_call !== null) parts.push(`${fmtNum(n.rows_per_call, 1)} rows/call`);
+    return parts.length ? parts.join(", ") : "—";
+  }
   function viewFindings() {
     markNav("findings");
     document.title = "Findings · dbproxy";
+    const body = h("div", {});
+    const deploysBody = h("div", {});
+    const version = h("input", { type: "text", id: "deploy-version", name: "version", required: true, maxlength: "200",
+      placeholder: "v1.2.3 or a commit", "aria-describedby": "deploy-help" });
+    const posted = h("p", { role: "status", class: "muted" });
+    const form = h("form", { class: "settings", id: "deploy-form", onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        const r = await fetch("/api/deploys", { method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ version: version.value.trim() }) });
+        const d = await r.json();
+        if (!r.ok) throw new Error(d.error || `${r.status}`);
+        posted.textContent = `Deploy ${d.deploy.version} marked: findings now compare before and after it.`;
+        version.value = "";
+        tick(live.generation);
+      } catch (err) {
+        posted.textContent = `Could not mark the deploy: ${err.message}`;
+      }
+    } },
+    h("label", { for: "deploy-version" }, "Mark a deploy", version),
+    h("p", { id: "deploy-help", class: "muted" }, "Or send ", h("code", { text: "POST /api/deploys {\"version\": …}" }),
+      " with the API token from your deploy pipeline, or a ", h("code", { text: "version" }), " sqlcommenter tag."),
+    h("p", {}, h("button", { type: "submit", text: "Mark deploy" })), posted);
     clear(main()).appendChild(h("section", { "aria-labelledby": "f-h" },
       h("h1", { id: "f-h", text: "Findings" }),
-      h("p", { class: "notice", text: "Regression detection is not enabled in this version of dbproxy, so there are no findings. Nothing on this page is simulated: when detection ships, latency and error-rate regressions per query will be listed here." }),
-      h("p", {}, "Meanwhile, sort ", h("a", { href: "#/", text: "Top queries" }), " by p95 or errors, or alert on ",
-        h("code", { text: "dbproxy_query_duration_seconds" }), " from ", h("a", { href: "/metrics", text: "/metrics" }), ".")));
-    return startView(null);
+      h("p", { class: "muted", text: "Per query, the recent window against its baseline (the same window a day ago, the median of earlier windows), or before against after a deploy; N+1 queries per request." }),
+      body, h("h2", { text: "Deploys" }), deploysBody, form));
+    async function refresh(generation) {
+      let findings;
+      try {
+        findings = await getJSON("/api/findings");
+      } catch (err) {
+        if (err.status !== 404) throw err;
+        append(clear(body), [h("p", { class: "notice", text: "Regression detection is off (dbproxy run --no-detect)." })]);
+        return;
+      }
+      const deploys = await getJSON("/api/deploys");
+      if (generation !== live.generation) return;
+      const heads = ["State", "Finding", "Query", "Before", "After", "Deploy", "First seen", "Last seen"];
+      const rows = findings.map((f) => h("tr", { "data-finding": f.id, class: f.state === "open" ? "open" : "resolved" },
+        h("td", { text: f.state }),
+        h("td", {}, FINDING_TITLES[f.type] || f.type, f.detail ? h("span", { class: "muted", text: ` ${f.detail}` }) : null),
+        h("td", {}, h("a", { href: `#/query/${encodeURIComponent(f.fingerprint)}` }, h("code", { class: "sql", text: f.query || f.fingerprint })),
+          f.trace_ids && f.trace_ids.length ? h("div", { class: "muted" }, "traces: ", f.trace_ids.map((t, i) => {
+            const url = traceUrl(t, "");
+            return [i ? ", " : "", url ? h("a", { href: url, rel: "noreferrer", text: t.slice(0, 8) }) : h("code", { text: t.slice(0, 8) })];
+          })) : null),
+        h("td", { class: "before", text: findingNumbers(f, "before") }),
+        h("td", { class: "after", text: findingNumbers(f, "after") }),
+        h("td", { class: "deploy", text: f.deploy ? `${f.deploy.version} (${fmtIso(new Date(f.deploy.at * 1000).toISOString())})` : "—" }),
+        h("td", { text: fmtIso(f.first_seen_iso) }),
+        h("td", { text: fmtIso(f.last_seen_iso) })));
+      append(clear(body), [h("div", { class: "table-wrap" }, h("table", { id: "findings" },
+        h("caption", { text: `${findings.filter((f) => f.state === "open").length} open, ${findings.filter((f) => f.state !== "open").length} resolved.` }),
+        h("thead", {}, h("tr", {}, heads.map((t) => h("th", { scope: "col", text: t })))),
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: heads.length, class: "empty", text: "No findings: nothing regressed." })))))]);
+      append(clear(deploysBody), [deploys.length
+        ? h("ul", { id: "deploys" }, deploys.map((d) => h("li", {}, h("strong", { text: d.version }), ` at ${fmtIso(d.at_iso)} (${d.source})`)))
+        : h("p", { class: "muted", id: "deploys", text: "No deploy marked yet." })]);
+    }
+    return startView(refresh);
   }
 
   // --- settings ----------------------------------------------------------------------------
