@@ -34,7 +34,8 @@ from pathlib import Path
 from types import ModuleType
 
 #: The hot path and what it calls per statement: framing, session machine, events,
-#: splitter, fingerprint cache and normalizer, sink and aggregator; the OTLP span encoder.
+#: splitter, fingerprint cache and normalizer, sink and aggregator, the regression
+#: detector's per-statement path; the OTLP span encoder.
 COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.protocol.codes",
     "dbproxy.protocol.events",
@@ -53,6 +54,10 @@ COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.observe.topn",
     "dbproxy.observe.sink",
     "dbproxy.observe.aggregator",
+    "dbproxy.observe.history",
+    "dbproxy.observe.nplusone",
+    "dbproxy.observe.detector",
+    "dbproxy.observe.regression",
     "dbproxy.export.otlp",
 )
 #: mypyc puts the code of all modules in one shared library with this name prefix.
