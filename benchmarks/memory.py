@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(fingerprints(dsn, args.fingerprints))
             took = time.monotonic() - started
             metrics = http_get(f"http://127.0.0.1:{http_port}/metrics")
-            api = http_get(f"http://127.0.0.1:{http_port}/api/queries?limit=100000")
+            api = http_get(f"http://127.0.0.1:{http_port}/api/queries?limit=10000")
             full = settle(proc.pid, 3)
             rows.append(
                 (
