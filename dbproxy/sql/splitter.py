@@ -80,6 +80,24 @@ def _skip_quoted(sql: str, i: int, n: int, backslash: bool) -> int:
 
 def split_statements(sql: str) -> list[str]:
     """Return the statements of ``sql`` without their terminating semicolons."""
+    # Fast path (most simple Queries hold one statement): with no comment and no
+    # semicolon, nothing can split; with one final semicolon and no quote, dollar,
+    # comment or parenthesis before it, it ends the only statement.  Exactly what the
+    # full scan returns (a property test holds the two equal).
+    if "--" not in sql and "/*" not in sql:
+        semicolons = sql.count(";")
+        if semicolons == 0:
+            only = sql.strip()
+            return [only] if only else []
+        if semicolons == 1:
+            body = sql.rstrip()
+            if body.endswith(";") and not any(c in body for c in "'\"$("):
+                only = body[:-1].strip()
+                return [only] if only else []
+    return _split_scan(sql)
+
+
+def _split_scan(sql: str) -> list[str]:
     n = len(sql)
     pieces: list[tuple[str, bool]] = []  # (text, has_code)
     start = 0

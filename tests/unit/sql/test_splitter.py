@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dbproxy.sql.splitter import split_statements
+from dbproxy.sql.splitter import _split_scan, split_statements
 
 
 @pytest.mark.parametrize(
@@ -60,3 +62,59 @@ from dbproxy.sql.splitter import split_statements
 )
 def test_split(sql: str, expected: list[str]) -> None:
     assert split_statements(sql) == expected
+
+
+# --- the fast path returns exactly what the full scan returns --------------------------
+_PIECES = st.sampled_from(
+    [
+        "SELECT 1",
+        "select a from t where id = 42",
+        ";",
+        " ",
+        "\n",
+        "\t",
+        "'",
+        '"',
+        "$",
+        "$1",
+        "$$",
+        "(",
+        ")",
+        "--",
+        "/*",
+        "*/",
+        "e'x\\'",
+        "BEGIN",
+        "END",
+        "CREATE FUNCTION f()",
+        "create or replace procedure p",
+        "ATOMIC",
+        "CASE",
+        "x",
+        "1.5",
+        "-",
+        "/",
+        "é",
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_PIECES, max_size=12).map("".join))
+def test_fast_path_equals_the_full_scan(sql: str) -> None:
+    assert split_statements(sql) == _split_scan(sql)
+
+
+def test_fast_path_cases() -> None:
+    for sql in (
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 123;",
+        "SELECT 1",
+        "  SELECT 1 ;  \n",
+        ";",
+        "",
+        "   ",
+        "SELECT f(1);",  # a parenthesis: the full scan decides
+        "SELECT 'a;b'",
+        "SELECT 1; SELECT 2",
+    ):
+        assert split_statements(sql) == _split_scan(sql), sql
