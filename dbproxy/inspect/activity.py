@@ -219,6 +219,10 @@ class ActivitySampler:
         mine = self._snapshot()
         if not any(m.active for m in mine.values()):
             self.counts.skipped_idle += 1
+            for event in self._ongoing.values():  # nothing waits any more
+                event.ongoing = False
+            self._ongoing.clear()
+            self._lock_since.clear()
             return False
         database = next(m.session.database for m in mine.values() if m.active)
         pool = await self.pools.pool(database)
