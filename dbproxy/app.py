@@ -163,6 +163,10 @@ class App:
 
             self.registry.register(ActivityCollector(self.activity))
             extra_routes.extend(activity_routes_for(self.activity))
+            if self.tracing is not None:
+                self.tracing.builder.blocked_by = self.activity.blocked_by
+            if self.inspector is not None:
+                self.inspector.blocked_by = self.activity.blocked_by
         self.regression, self.notifier = self._build_regression(config)
         if self.regression is not None:
             extra_routes.extend(

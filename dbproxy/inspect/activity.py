@@ -385,6 +385,15 @@ class ActivitySampler:
     def now(self) -> float:
         return self._clock()
 
+    def blocked_by(self, session_id: int, start_ns: int, end_ns: int) -> str | None:
+        """The blocker label of a lock wait seen during that session's statement
+        (start/end in the session's monotonic ns), else None.  Safe from the tracing
+        thread: one dict read."""
+        entry = self.blocked.get(session_id)
+        if entry is None or not start_ns - 1_000_000 <= entry[0] <= max(end_ns, start_ns):
+            return None
+        return entry[1]
+
     def load_by(self, by: str, window_s: float) -> dict[str, Any]:
         """Sampled active seconds over the last ``window_s``, grouped ``by`` one of
         fingerprint, wait_event, application, route; with the wait-event series."""

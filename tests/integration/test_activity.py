@@ -18,12 +18,15 @@ import pytest
 from dbproxy.pgcluster import PgServer
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 from tests.integration.test_inspect import _get, _inspect_dsn, _prepare, _wait
+from tests.integration.test_tracing import OtlpReceiver, receiver
+
+__all__ = ["receiver"]  # the fixture
 
 INTERVAL = 0.2
 
 
 @pytest.fixture
-def sampled(pg_server: PgServer) -> Iterator[RunningProxy]:
+def sampled(pg_server: PgServer, receiver: OtlpReceiver) -> Iterator[RunningProxy]:
     _prepare(pg_server)
     admin_dsn = pg_server.admin_dsn(dbname=pg_server.database)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -37,6 +40,8 @@ def sampled(pg_server: PgServer) -> Iterator[RunningProxy]:
         explain_slow_ms=None,
         sample_activity_interval=INTERVAL,
         blocked_ms=300.0,
+        otel_env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.url}/v1/traces"},
+        trace_slow_ms=200.0,
     )
     try:
         yield proxy
@@ -71,7 +76,9 @@ def _fingerprint(proxy: RunningProxy, needle: str) -> str:
     return str(_wait(find, 10, f"load for a fingerprint with {needle!r}"))
 
 
-def test_lock_wait_blocked_by_idle_in_transaction(sampled: RunningProxy) -> None:
+def test_lock_wait_blocked_by_idle_in_transaction(
+    sampled: RunningProxy, receiver: OtlpReceiver
+) -> None:
     holder = psycopg.connect(sampled.dsn())
     waiter = psycopg.connect(sampled.dsn(), autocommit=True)
     try:
@@ -123,6 +130,19 @@ def test_lock_wait_blocked_by_idle_in_transaction(sampled: RunningProxy) -> None
         assert not errors
         waiter_load = _get(sampled, "/api/load?by=wait_event&window=600")
         assert any(r["wait_event_type"] == "Lock" for r in waiter_load["rows"])
+        # the waiter's span and slow sample name the blocker
+        sampled.drain_now()
+        tracing = sampled.app.tracing
+        assert tracing is not None and tracing.force_flush()
+        spans = [
+            sp
+            for sp in receiver.take()
+            if sp.attributes.get("dbproxy.fingerprint") == waiter_fp
+            and sp.attributes.get("dbproxy.blocked_by") == blocker["fingerprint"]
+        ]
+        assert len(spans) == 1, receiver.spans
+        slow = _get(sampled, f"/api/queries/{waiter_fp}")["queries"][0]["slow_samples"]
+        assert slow and slow[0]["blocked_by"] == blocker["fingerprint"], slow
         done = _wait(
             lambda: not _get(sampled, "/api/blocking")["events"][0]["ongoing"], 5, "event end"
         )
