@@ -377,7 +377,10 @@ class ActivitySampler:
         if event.blocker_behind_proxy and event.blocker_fingerprint:
             count_key = (count_key[0], self._series_id(event.blocker_fingerprint))
         self.lock_waits[count_key] = self.lock_waits.get(count_key, 0) + 1
-        self.blocked[m.session.session_id] = (m.since_ns, event.blocker_label)
+        known = self.blocked.get(m.session.session_id)
+        if known is None or known[0] != m.since_ns or known[1] == EXTERNAL:
+            # one blocker per statement: the first one behind the proxy
+            self.blocked[m.session.session_id] = (m.since_ns, event.blocker_label)
         if len(self.blocked) > 10_000:
             self.blocked.pop(next(iter(self.blocked)))
 
