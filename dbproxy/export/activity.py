@@ -113,7 +113,8 @@ def activity_routes_for(sampler: ActivitySampler) -> list[Route]:
                 "average_active_sessions": round(result["total_s"] / window, 4),
                 "rows": groups[: max(limit, 0)],
                 "series": [
-                    {"at": api.iso_utc(p["at"]), "load": p["load"]} for p in result["series"]
+                    {"at": api.iso_utc(p["at"]), "weight_s": p["weight_s"], "load": p["load"]}
+                    for p in result["series"]
                 ],
             },
         )

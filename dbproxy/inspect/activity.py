@@ -111,6 +111,7 @@ class LoadBucket:
     event) -> seconds."""
 
     at_s: float
+    weight_s: float = 1.0  # the time this sample stands for
     load: dict[tuple[str, str, str, str, str, str], float] = field(default_factory=dict)
 
 
@@ -263,7 +264,7 @@ class ActivitySampler:
         now_ns = self._monotonic_ns()
         weight = self.settings.interval_s if weight_s is None else weight_s
         by_pid = {int(r["pid"]): r for r in rows}
-        bucket = LoadBucket(now_s)
+        bucket = LoadBucket(now_s, weight)
         waiting: set[tuple[int, int]] = set()
         seen: set[tuple[int, int, int]] = set()
         for pid, m in mine.items():
@@ -419,5 +420,5 @@ class ActivitySampler:
                 wait = wtype if wtype == wevent else f"{wtype}/{wevent}"
                 group[wait] = group.get(wait, 0.0) + seconds
                 point[wtype] = point.get(wtype, 0.0) + seconds
-            series.append({"at": bucket.at_s, "load": point})
+            series.append({"at": bucket.at_s, "weight_s": bucket.weight_s, "load": point})
         return {"total_s": total, "groups": groups, "series": series}

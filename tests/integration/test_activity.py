@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -214,3 +215,58 @@ def test_no_inspect_dsn_no_sampling(pg_server: PgServer) -> None:
         assert "dbproxy_db_load_seconds" not in _metrics(proxy)
     finally:
         proxy.stop()
+
+
+def test_load_view_in_a_real_browser(sampled: RunningProxy) -> None:
+    """The UI's Load page: the stacked chart, top queries by load, and the blocking table
+    with the holder idle in transaction; no literal of the workload anywhere."""
+    import playwright.sync_api as playwright_sync
+
+    from tests.integration.test_ui_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    secret = "918273645"
+    problems: list[str] = []
+    holder = psycopg.connect(sampled.dsn())
+    waiter = psycopg.connect(sampled.dsn(), autocommit=True)
+    try:
+        holder.execute(f"UPDATE act_accounts SET balance = {secret} WHERE id = 2")
+        thread = threading.Thread(
+            target=lambda: waiter.execute(
+                f"UPDATE act_accounts SET balance = balance + {secret} WHERE id = 2"
+            )
+        )
+        thread.start()
+        with playwright_sync.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+                page.on(
+                    "response",
+                    lambda r: (
+                        problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None
+                    ),
+                )
+                page.goto(f"{sampled.http_url}/?interval=1000#/load")
+                row = page.locator("#blocking tbody tr", has_text="idle in transaction")
+                row.wait_for(timeout=10_000)
+                assert "balance + $1" in row.inner_text()
+                page.locator("#load tbody tr[data-fingerprint]").first.wait_for()
+                page.locator("#load-chart path.line").first.wait_for(state="attached")
+                assert "Lock/transactionid" in page.inner_text("#load")
+                text = page.inner_text("main")
+                assert secret not in text
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                shot = ARTIFACTS / "ui-load.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"\nscreenshot: {shot}")
+            finally:
+                browser.close()
+        holder.rollback()
+        thread.join(10)
+    finally:
+        holder.close()
+        waiter.close()
+    assert problems == []
