@@ -167,6 +167,9 @@ class App:
                 self.tracing.builder.blocked_by = self.activity.blocked_by
             if self.inspector is not None:
                 self.inspector.blocked_by = self.activity.blocked_by
+            if self.query_log is not None:
+                self.query_log.wait_events = self.activity.wait_events
+                self.query_log.blocked_by = self.activity.blocked_by
         self.regression, self.notifier = self._build_regression(config)
         if self.regression is not None:
             extra_routes.extend(

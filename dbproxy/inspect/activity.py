@@ -40,6 +40,8 @@ CPU: Final = "CPU"
 IDLE_IN_TRANSACTION: Final = "idle in transaction"
 #: blocker_fingerprint of a backend that is not behind this proxy
 EXTERNAL: Final = "external"
+#: seconds a sampled statement's wait events are kept for the query log
+WAITS_KEPT_S: Final = 120.0
 
 _ACTIVITY_SQL: Final = """
 WITH mine AS (
@@ -166,6 +168,9 @@ class ActivitySampler:
         self._lock_since: dict[tuple[int, int], int] = {}
         #: session id -> (statement start ns, blocker label): read by span builders
         self.blocked: dict[int, tuple[int, str]] = {}
+        #: (session id, statement start ns) -> {wait: sampled seconds}, for statements
+        #: that started in the last WAITS_KEPT_S (the query log reads them at drain time)
+        self.waits: dict[tuple[int, int], dict[str, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -284,6 +289,12 @@ class ActivitySampler:
             self.load[key] = self.load.get(key, 0.0) + weight
             bkey = (database, fingerprint, application, route, wtype, wevent)
             bucket.load[bkey] = bucket.load.get(bkey, 0.0) + weight
+            wkey = (m.session.session_id, m.since_ns)
+            waits = self.waits.get(wkey)
+            if waits is None:
+                waits = self.waits[wkey] = {}
+            wait = wtype if wtype == wevent else f"{wtype}/{wevent}"
+            waits[wait] = waits.get(wait, 0.0) + weight
             if wtype != "Lock":
                 continue
             lock_key = (pid, m.since_ns)
@@ -311,6 +322,12 @@ class ActivitySampler:
                     mine,
                     seen,
                 )
+        horizon_ns = now_ns - int(WAITS_KEPT_S * 1e9)
+        while self.waits:  # insertion order is sampling order: oldest first
+            oldest = next(iter(self.waits))
+            if oldest[1] >= horizon_ns and len(self.waits) <= 100_000:
+                break
+            del self.waits[oldest]
         for lock_key in [k for k in self._lock_since if k not in waiting]:
             del self._lock_since[lock_key]
         for event_key in [k for k in self._ongoing if k not in seen]:
@@ -388,6 +405,15 @@ class ActivitySampler:
     # ------------------------------------------------------------------ reading
     def now(self) -> float:
         return self._clock()
+
+    def wait_events(self, session_id: int, start_ns: int, end_ns: int) -> dict[str, float]:
+        """Sampled seconds by wait event (top 3) of that session's statement, {} when it
+        was never caught running."""
+        waits = self.waits.get((session_id, start_ns))
+        if not waits:
+            return {}
+        top = sorted(waits.items(), key=lambda kv: -kv[1])[:3]
+        return {k: round(v, 3) for k, v in top}
 
     def blocked_by(self, session_id: int, start_ns: int, end_ns: int) -> str | None:
         """The blocker label of a lock wait seen during that session's statement

@@ -5,6 +5,7 @@ session is running."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -27,7 +28,7 @@ INTERVAL = 0.2
 
 
 @pytest.fixture
-def sampled(pg_server: PgServer, receiver: OtlpReceiver) -> Iterator[RunningProxy]:
+def sampled(pg_server: PgServer, receiver: OtlpReceiver, tmp_path: Path) -> Iterator[RunningProxy]:
     _prepare(pg_server)
     admin_dsn = pg_server.admin_dsn(dbname=pg_server.database)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -43,6 +44,8 @@ def sampled(pg_server: PgServer, receiver: OtlpReceiver) -> Iterator[RunningProx
         blocked_ms=300.0,
         otel_env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.url}/v1/traces"},
         trace_slow_ms=200.0,
+        query_log=str(tmp_path / "queries.jsonl"),
+        log_slow_ms=500.0,
     )
     try:
         yield proxy
@@ -142,6 +145,12 @@ def test_lock_wait_blocked_by_idle_in_transaction(
             and sp.attributes.get("dbproxy.blocked_by") == blocker["fingerprint"]
         ]
         assert len(spans) == 1, receiver.spans
+        log = sampled.app.query_log
+        assert log is not None and log.flush(5)
+        logged = [json.loads(ln) for ln in Path(str(log._path)).read_text().splitlines()]
+        waiter_lines = [ln for ln in logged if ln.get("fingerprint") == waiter_fp]
+        assert waiter_lines and waiter_lines[0]["blocked_by"] == blocker["fingerprint"]
+        assert "Lock/transactionid" in waiter_lines[0]["wait_events"], waiter_lines
         slow = _get(sampled, f"/api/queries/{waiter_fp}")["queries"][0]["slow_samples"]
         assert slow and slow[0]["blocked_by"] == blocker["fingerprint"], slow
         done = _wait(
@@ -158,7 +167,10 @@ def test_cpu_and_pg_sleep(sampled: RunningProxy) -> None:
         conn.execute("SELECT pg_sleep(1.5)")
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            conn.execute("SELECT sum(g * 2 % 7) FROM generate_series(1, 3000000) g WHERE g % 3 = 1")
+            conn.execute(
+                "SELECT count(*) FROM generate_series(1, 3000) a,"
+                " LATERAL generate_series(1, 1000 + a % 2) b WHERE (a * b) % 7 = 1"
+            )
     sleep_fp = _fingerprint(sampled, "pg_sleep")
     cpu_fp = _fingerprint(sampled, "generate_series")
     text = _metrics(sampled)
@@ -169,6 +181,14 @@ def test_cpu_and_pg_sleep(sampled: RunningProxy) -> None:
     total = sum(cpu.values())
     assert total >= 1.0, cpu
     assert cpu.get(("CPU", "CPU"), 0) / total >= 0.7, cpu
+    # the slow-query log line carries the statement's sampled wait events
+    sampled.drain_now()
+    log = sampled.app.query_log
+    assert log is not None and log.flush(5)
+    lines = [json.loads(ln) for ln in Path(str(log._path)).read_text().splitlines()]
+    sleep_lines = [ln for ln in lines if ln["event"] == "slow_query" and "pg_sleep" in ln["query"]]
+    waits = sleep_lines[0].get("wait_events", {}) if sleep_lines else {}
+    assert waits.get("Timeout/PgSleep", 0) >= 1.0, sleep_lines
     by_app = _get(sampled, "/api/load?by=application&window=600")
     assert by_app["rows"] and by_app["total_load_s"] > 2.0
 
