@@ -1,5 +1,7 @@
 """What the inspector costs on pgbench TPS: dbproxy without it, with a side connection
-(plans, pg_stat_statements, slow samples), and with ``--sample-analyze 0.01`` on top.
+(plans, pg_stat_statements, slow samples), with and without the activity sampler
+(pg_stat_activity once a second: database load, blocking), and with
+``--sample-analyze 0.01`` on top (``--only NAME`` keeps dbproxy and NAME).
 
     uv run --frozen --no-sync python -m benchmarks.inspect_overhead --rounds 2 --duration 10
 
@@ -26,6 +28,7 @@ from dbproxy.pgcluster import PgServer, acquire_server, free_port
 
 CONFIGS: dict[str, list[str]] = {
     "dbproxy": [],
+    "inspect, no activity": ["--explain-slow-ms", "off", "--sample-activity-interval", "off"],
     "inspect": ["--explain-slow-ms", "off"],
     "inspect+sample 0.01": ["--explain-slow-ms", "off", "--sample-analyze", "0.01"],
 }
@@ -71,7 +74,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--only", action="append", choices=list(CONFIGS), help="repeatable")
     args = parser.parse_args()
+    for name in list(CONFIGS):
+        if args.only and name not in args.only and name != "dbproxy":
+            del CONFIGS[name]
     with acquire_server(source="embedded") as pg:
         with psycopg.connect(pg.admin_dsn(dbname=pg.database), autocommit=True) as conn:
             conn.execute("CREATE ROLE dbproxy_inspect LOGIN PASSWORD 'bench-inspect-pw'")
@@ -100,7 +107,11 @@ def main() -> None:
                 if name == "dbproxy":
                     continue
                 text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
-                jobs = [ln for ln in text.splitlines() if ln.startswith("dbproxy_inspect_jobs")]
+                jobs = [
+                    ln
+                    for ln in text.splitlines()
+                    if ln.startswith(("dbproxy_inspect_jobs", "dbproxy_activity_samples_total"))
+                ]
                 print(name, "jobs:", "; ".join(jobs))
         finally:
             for proc, _, _ in procs.values():

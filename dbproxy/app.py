@@ -34,6 +34,7 @@ from dbproxy.export.profiling import Profiler, ProfilingSettings, start_profilin
 from dbproxy.export.prometheus import DbproxyCollector
 from dbproxy.export.querylog import QueryLog, open_query_log
 from dbproxy.export.workers import WorkersCollector
+from dbproxy.inspect.activity import ActivitySampler, ActivitySettings
 from dbproxy.inspect.inspector import Inspector, InspectSettings
 from dbproxy.observe.aggregator import Aggregator, StatementNote
 from dbproxy.observe.detector import DetectorSettings
@@ -156,6 +157,19 @@ class App:
             self.registry.register(InspectCollector(self.inspector))
             extra_routes = inspect_routes_for(self.inspector)
             row_extras = row_extras_for(self.inspector)
+        self.activity = _build_activity(config, self.inspector, self.fingerprinter, self.proxy)
+        if self.activity is not None:
+            from dbproxy.export.activity import ActivityCollector, activity_routes_for
+
+            self.registry.register(ActivityCollector(self.activity))
+            extra_routes.extend(activity_routes_for(self.activity))
+            if self.tracing is not None:
+                self.tracing.builder.blocked_by = self.activity.blocked_by
+            if self.inspector is not None:
+                self.inspector.blocked_by = self.activity.blocked_by
+            if self.query_log is not None:
+                self.query_log.wait_events = self.activity.wait_events
+                self.query_log.blocked_by = self.activity.blocked_by
         self.regression, self.notifier = self._build_regression(config)
         if self.regression is not None:
             extra_routes.extend(
@@ -300,6 +314,8 @@ class App:
         if self.inspector is not None:
             self.inspector.start()
             log.info("dbproxy inspecting plans through its side connection")
+        if self.activity is not None:
+            self.activity.start()
 
     async def _start_http(self) -> None:
         try:
@@ -411,6 +427,8 @@ class App:
             self._draining_stopped = True
             await self._drain_task
         await self.drain()  # what the last sessions emitted
+        if self.activity is not None:
+            await self.activity.stop()
         if self.inspector is not None:
             await self.inspector.stop()
         if self._detect_task is not None:
@@ -464,6 +482,28 @@ def _build_inspector(config: ProxyConfig, fingerprinter: Fingerprinter) -> Inspe
             max_keys=config.max_fingerprints,
         ),
         fingerprinter=fingerprinter,
+    )
+
+
+def _build_activity(
+    config: ProxyConfig,
+    inspector: Inspector | None,
+    fingerprinter: Fingerprinter,
+    proxy: ProxyServer,
+) -> ActivitySampler | None:
+    """The pg_stat_activity sampler (load, blocking): on the inspector's side connection,
+    over this process's sessions."""
+    if inspector is None or config.sample_activity_interval is None:
+        return None
+    return ActivitySampler(
+        ActivitySettings(
+            interval_s=config.sample_activity_interval,
+            blocked_ms=config.blocked_ms,
+            max_fingerprints=config.metrics_max_fingerprints,
+        ),
+        pools=inspector.pools,
+        fingerprinter=fingerprinter,
+        sessions=lambda: [conn.session for conn in proxy.connections],
     )
 
 

@@ -121,6 +121,10 @@ class ProxyConfig:
     inspect_statement_timeout_ms: int = 5000
     #: fingerprint ids or table names never sampled with EXPLAIN ANALYZE
     inspect_exclude: tuple[str, ...] = ()
+    #: seconds between two pg_stat_activity samples (load, blocking); None: off
+    sample_activity_interval: float | None = 1.0
+    #: a lock wait at least this long is a blocking event (milliseconds)
+    blocked_ms: float = 500.0
     #: regression detection (history, findings, N+1, notifications)
     detect: bool = True
     #: directory for the history file (history.sqlite); None: memory only (no day-ago
@@ -524,6 +528,22 @@ _SETTINGS: tuple[_Setting, ...] = (
         "--inspect-exclude",
         "LIST",
         "fingerprint ids or table names never sampled with EXPLAIN ANALYZE",
+    ),
+    _Setting(
+        "sample_activity_interval",
+        "DBPROXY_SAMPLE_ACTIVITY_INTERVAL",
+        _optional_ms,
+        "--sample-activity-interval",
+        "S",
+        "seconds between pg_stat_activity samples (database load, blocking), or off (1)",
+    ),
+    _Setting(
+        "blocked_ms",
+        "DBPROXY_BLOCKED_MS",
+        _positive_float,
+        "--blocked-ms",
+        "MS",
+        "a lock wait this long is recorded as a blocking event (500)",
     ),
     _Setting(
         "ui_trace_url",

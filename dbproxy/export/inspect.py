@@ -94,6 +94,7 @@ def row_extras_for(inspector: Inspector) -> api.RowExtras:
                 "trace_id": s.trace_id or None,
                 "protocol": s.protocol,
                 "param_type_oids": list(s.param_type_oids),
+                "blocked_by": s.blocked_by or None,
             }
             for s in store.slowest(q.fingerprint, q.database)
             if s.user == q.user

@@ -415,6 +415,9 @@ class SpanBuilder:
         self._max_len = max_attribute_length
         self._rng = rng or random.Random()
         self._clients: dict[int, tuple[str, int | None]] = {}
+        #: (session id, start ns, end ns) -> what blocked that statement on a lock, if
+        #: anything (set by the composition root when the activity sampler runs)
+        self.blocked_by: Callable[[int, int, int], str | None] | None = None
 
     def consume(self, events: Sequence[Event]) -> dict[int, StatementNote]:
         """Build the spans of a batch; returns notes keyed by index in ``events``."""
@@ -520,6 +523,10 @@ class SpanBuilder:
         else:  # no SQL text: a fast-path function call or an unknown prepared statement
             name = "FUNCTION CALL" if st.protocol == "function" else "UNKNOWN"
             attributes["dbproxy.operation"] = name
+        if self.blocked_by is not None:
+            blocker = self.blocked_by(st.session_id, st.start_ns, st.end_ns)
+            if blocker is not None:
+                attributes["dbproxy.blocked_by"] = blocker
         client = self._clients.get(st.session_id)
         if client is not None:
             attributes["client.address"] = client[0]

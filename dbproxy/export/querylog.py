@@ -106,6 +106,8 @@ KEY_ORDER: Final = (
     "interrupted",
     "observation_lost",
     "tags",
+    "wait_events",
+    "blocked_by",
     "query",
 )
 
@@ -206,6 +208,10 @@ class QueryLog:
         self._wall_clock_ns = wall_clock_ns
         self._monotonic_ns = monotonic_ns
         self._last_offset_ns: int | None = None  # wall - monotonic, from the newest event
+        #: (session id, start ns, end ns) -> sampled seconds by wait event, and the lock
+        #: blocker's label (the activity sampler, when on): added to slow_query lines
+        self.wait_events: Callable[[int, int, int], dict[str, float]] | None = None
+        self.blocked_by: Callable[[int, int, int], str | None] | None = None
 
         if isinstance(out, str | os.PathLike):
             self._path: str | None = os.fspath(out)
@@ -326,6 +332,14 @@ class QueryLog:
         attribution = {k: tags[k] for k in sorted(tags) if k in ATTRIBUTION_TAGS}
         if attribution:
             record["tags"] = attribution
+        if event == "slow_query" and self.wait_events is not None:
+            waits = self.wait_events(ev.session_id, ev.start_ns, ev.end_ns)
+            if waits:
+                record["wait_events"] = waits
+        if event == "slow_query" and self.blocked_by is not None:
+            blocker = self.blocked_by(ev.session_id, ev.start_ns, ev.end_ns)
+            if blocker:
+                record["blocked_by"] = blocker
         record["query"] = truncate_utf8(text, MAX_QUERY_BYTES)
         return _dumps(record)
 

@@ -162,6 +162,8 @@ class Inspector:
         )
         self.on_plan_change: list[Callable[[PlanChange], None]] = list(on_plan_change)
         self.on_rows_scanned: list[RowsScannedCallback] = list(on_rows_scanned)
+        #: (session id, start ns, end ns) -> the lock blocker's label (activity sampler)
+        self.blocked_by: Callable[[int, int, int], str | None] | None = None
         self._slow_ns = (
             None if settings.explain_slow_ms is None else int(settings.explain_slow_ms * 1e6)
         )
@@ -223,6 +225,11 @@ class Inspector:
                     user=st.user,
                     protocol=st.protocol,
                     param_type_oids=st.param_type_oids,
+                    blocked_by=(
+                        self.blocked_by(st.session_id, st.start_ns, st.end_ns) or ""
+                        if self.blocked_by is not None
+                        else ""
+                    ),
                 ),
             )
             if info.text is None or info.operation not in EXPLAINABLE:

@@ -121,6 +121,8 @@ class SlowSample:
     user: str = field(compare=False)
     protocol: str = field(compare=False)
     param_type_oids: tuple[int, ...] = field(compare=False)
+    #: what it waited on a lock behind (the activity sampler's blocker label), or ""
+    blocked_by: str = field(default="", compare=False)
 
 
 class RateLimiter:

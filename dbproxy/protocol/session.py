@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 from dbproxy.errors import FrontendProtocolError, ProtocolError
 from dbproxy.protocol import codes, messages
@@ -107,6 +107,15 @@ _UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
 
 
 _TAG_CACHE_SIZE: Final = 256  # distinct CommandComplete bodies remembered per session
+
+
+class CurrentStatement(NamedTuple):
+    """:meth:`Session.current_statement`: monotonic ns like the session's events."""
+
+    text: str
+    since_ns: int  # sent (active), or finished (idle in transaction)
+    active: bool
+    transaction_start_ns: int  # 0 outside a transaction block
 
 
 class _Prepared:
@@ -289,6 +298,47 @@ class Session:
         # the open transaction block (self._explicit): when it began, statements in it
         self._tx_start_ns = 0
         self._tx_statements = 0
+        self._last_text = ""  # the last finished statement's text (for current_statement)
+
+    # ------------------------------------------------------------------ read on demand
+    def current_statement(self) -> CurrentStatement | None:
+        """What the session's backend is doing now, as far as the protocol shows: the
+        statement in flight (its text, when it was sent), else — inside a transaction
+        block — the last statement, marked idle, with the transaction's start.  None when
+        idle outside a transaction.  Computed on demand (the activity sampler calls it
+        about once a second per session); the message path only keeps ``_last_text``."""
+        if not self.ready or not self.observing:
+            return None
+        for item in self._pending:
+            kind = item.kind
+            if kind in (_EXECUTE, _FUNCTION):
+                run = item.payload
+                text = run.text if isinstance(run, _Run) else ""
+                return CurrentStatement(
+                    text,
+                    max(item.sent_ns, self._last_end_ns),
+                    True,
+                    self._tx_start_ns if self._explicit else 0,
+                )
+            if kind == _QUERY:
+                if self._query_run is not None:
+                    text = self._query_run.text
+                else:
+                    query = item.payload
+                    assert isinstance(query, _Query)
+                    if query.index < len(query.statements):
+                        text = query.statements[query.index]
+                    else:
+                        text = query.text
+                return CurrentStatement(
+                    text,
+                    max(item.sent_ns, self._last_end_ns),
+                    True,
+                    self._tx_start_ns if self._explicit else 0,
+                )
+        if self._explicit:
+            return CurrentStatement(self._last_text, self._last_end_ns, False, self._tx_start_ns)
+        return None
 
     # ------------------------------------------------------------------ feeding
     def client_data(self, data: bytes, now_ns: int) -> None:
@@ -670,6 +720,7 @@ class Session:
         run.search_path = self.search_path
         self._last_end_ns = now
         self._query_run = None
+        self._last_text = run.text
         is_begin = command in _BEGIN_COMMANDS and not self._explicit
         if is_begin:
             self._open_transaction(run.start_ns)

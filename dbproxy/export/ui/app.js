@@ -358,6 +358,7 @@
     showError(null);
     if (m) return viewQuery(decodeURIComponent(m[1]));
     if (hash === "#/connections") return viewConnections();
+    if (hash === "#/load") return viewLoad();
     if (hash === "#/findings") return viewFindings();
     if (hash === "#/settings") return viewSettings();
     return viewTop();
@@ -835,6 +836,73 @@
           ["Database", "User", "Commits", "Rollbacks", "Errors", "Mean ms", "p50 ms", "p95 ms", "p99 ms"],
           d.transactions.map((t) => [t.database, t.user, fmtInt(t.commits), fmtInt(t.rollbacks), fmtInt(t.errors),
             fmtMs(t.mean_ms), fmtMs(t.p50_ms), fmtMs(t.p95_ms), fmtMs(t.p99_ms)])),
+      ]);
+    }
+    return startView(refresh);
+  }
+
+  // --- database load (the activity sampler) -----------------------------------------------
+  function viewLoad() {
+    markNav("load");
+    document.title = "Load · dbproxy";
+    const body = h("div", {});
+    clear(main()).appendChild(h("section", { "aria-labelledby": "l-h" },
+      h("h1", { id: "l-h", text: "Database load" }),
+      h("p", { class: "muted", text: "Average active sessions of the proxied backends, sampled from pg_stat_activity and attributed to the statement each session runs; CPU = active with no wait event." }),
+      body));
+    async function refresh(generation) {
+      let byFp;
+      try {
+        byFp = await getJSON("/api/load?by=fingerprint&window=300&limit=10");
+      } catch (err) {
+        if (err.status !== 404) throw err;
+        append(clear(body), [h("p", { class: "notice", text: "Load sampling is off: it needs the side connection (--inspect-dsn) and --sample-activity-interval." })]);
+        return;
+      }
+      const blocking = await getJSON("/api/blocking?window=900");
+      if (generation !== live.generation) return;
+      // stacked lines: each wait event type's line is its load plus the ones below it
+      const totals = {};
+      for (const p of byFp.series) for (const [k, v] of Object.entries(p.load)) totals[k] = (totals[k] || 0) + v;
+      let types = Object.keys(totals).sort((a, b) => totals[b] - totals[a]);
+      if (types.length > 4) types = [...types.slice(0, 3), "other"];
+      const iv = byFp.interval_s || 1;
+      const series = types.map((t, i) => ({ name: i ? `+ ${t}` : t, cls: `s${i + 1}`, points: byFp.series.map((p) => {
+        let sum = 0;
+        for (const [k, v] of Object.entries(p.load)) {
+          const idx = types.indexOf(k) >= 0 ? types.indexOf(k) : types.indexOf("other");
+          if (idx >= 0 && idx <= i) sum += v;
+        }
+        return [new Date(p.at).getTime(), sum / (p.weight_s || iv)];
+      }) }));
+      const heads = ["Query", "Database", "Avg active sessions", "Load s", "Wait events"];
+      const rows = byFp.rows.map((r) => h("tr", { "data-fingerprint": r.fingerprint },
+        h("td", {}, h("a", { href: `#/query/${encodeURIComponent(r.fingerprint)}` }, h("code", { class: "sql", text: r.query || r.fingerprint }))),
+        h("td", { text: r.database }),
+        h("td", { class: "n", text: fmtNum(r.average_active_sessions, 3) }),
+        h("td", { class: "n", text: fmtNum(r.load_s, 1) }),
+        h("td", { class: "waits", text: Object.entries(r.wait_events).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${fmtNum(v, 1)} s`).join(", ") })));
+      const bheads = ["Waiting query", "Blocked by", "Lock wait ms", "Blocker transaction age s", "Last seen"];
+      const brows = blocking.events.slice(0, 20).map((e) => h("tr", { class: e.ongoing ? "open" : "resolved" },
+        h("td", {}, h("code", { class: "sql", text: e.query || e.fingerprint })),
+        h("td", {}, e.blocker.behind_proxy
+          ? [h("code", { class: "sql", text: e.blocker.query || e.blocker.fingerprint || "?" }), h("div", { class: "muted", text: `${e.blocker.state}, pid ${e.blocker.pid}` })]
+          : h("span", { text: `not behind the proxy: ${e.blocker.application_name || "?"} (pid ${e.blocker.pid}, ${e.blocker.state})` })),
+        h("td", { class: "n", text: fmtMs(e.lock_wait_ms) }),
+        h("td", { class: "n", text: fmtNum(e.blocker.transaction_age_s, 1) }),
+        h("td", { text: fmtIso(e.last_seen) })));
+      append(clear(body), [
+        h("div", { class: "charts" }, lineChart("load-chart", "Average active sessions by wait event type (stacked), last 5 minutes", series, "sessions", (v) => fmtNum(v, 2))),
+        h("h2", { text: "Top queries by load" }),
+        h("div", { class: "table-wrap" }, h("table", { id: "load" },
+          h("caption", { text: `Last 5 minutes: ${fmtNum(byFp.average_active_sessions, 3)} average active sessions in all.` }),
+          h("thead", {}, h("tr", {}, heads.map((t) => h("th", { scope: "col", text: t })))),
+          h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: heads.length, class: "empty", text: "No load sampled yet." }))))),
+        h("h2", { text: "Blocking" }),
+        h("div", { class: "table-wrap" }, h("table", { id: "blocking" },
+          h("caption", { text: `Lock waits longer than ${fmtNum(blocking.blocked_ms, 0)} ms, last 15 minutes.` }),
+          h("thead", {}, h("tr", {}, bheads.map((t) => h("th", { scope: "col", text: t })))),
+          h("tbody", {}, brows.length ? brows : h("tr", {}, h("td", { colspan: bheads.length, class: "empty", text: "No statement waited on a lock." }))))),
       ]);
     }
     return startView(refresh);
