@@ -173,7 +173,11 @@ class App:
         self.regression, self.notifier = self._build_regression(config)
         if self.regression is not None:
             extra_routes.extend(
-                FindingsEndpoints(self.regression, api_token=config.api_token).routes()
+                FindingsEndpoints(
+                    self.regression,
+                    api_token=config.api_token,
+                    wait_events=self.activity.top_wait_events if self.activity else None,
+                ).routes()
             )
             if self.inspector is not None:  # plans and rows scanned feed the detector
                 detector = self.regression.detector

@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,6 +59,10 @@ def authorize_change(api_token: str | None, request: Request) -> None:
     )
 
 
+#: (fingerprint, database, since, until) -> sampled seconds by wait event, the largest first
+WaitEvents = Callable[[str, str, float, float], dict[str, float]]
+
+
 def finding_json(finding: Finding) -> dict[str, Any]:
     out = finding.as_json()
     out["first_seen_iso"] = iso_utc(finding.first_seen)
@@ -72,9 +76,13 @@ class FindingsEndpoints:
         monitor: RegressionMonitor,
         *,
         api_token: str | None = None,
+        wait_events: WaitEvents | None = None,
     ) -> None:
         self.monitor = monitor
         self.api_token = api_token
+        #: the activity sampler's top wait events (fingerprint, database, since, until),
+        #: when the side connection samples pg_stat_activity
+        self.wait_events = wait_events
 
     def routes(self) -> list[Route]:
         return [
@@ -95,7 +103,7 @@ class FindingsEndpoints:
         if kind is not None and kind not in FINDING_TYPES:
             raise ApiError(400, f"type must be one of {', '.join(FINDING_TYPES)}")
         rows = [
-            finding_json(f)
+            self._with_waits(finding_json(f), f)
             for f in self.monitor.detector.findings()
             if state in ("all", f.state)
             and (kind is None or f.type == kind)
@@ -103,6 +111,14 @@ class FindingsEndpoints:
             and ("id" not in params or f.id == params["id"])
         ]
         return Response.json(200, rows)
+
+    def _with_waits(self, row: dict[str, Any], finding: Finding) -> dict[str, Any]:
+        if self.wait_events is not None:
+            since = finding.first_seen - self.monitor.settings.window_s
+            row["wait_events"] = self.wait_events(
+                finding.fingerprint, finding.database, since, finding.last_seen
+            )
+        return row
 
     async def deploys(self, request: Request) -> Response:
         if request.method == "POST":

@@ -424,6 +424,22 @@ class ActivitySampler:
             return None
         return entry[1]
 
+    def top_wait_events(
+        self, fingerprint: str, database: str, since_s: float, until_s: float, limit: int = 3
+    ) -> dict[str, float]:
+        """Sampled active seconds of one fingerprint by wait event (``CPU``,
+        ``Lock/transactionid`` …) between two times: the ``limit`` largest."""
+        totals: dict[str, float] = {}
+        for bucket in self.buckets:
+            if not since_s <= bucket.at_s <= until_s:
+                continue
+            for (db, fp, _app, _route, wtype, wevent), seconds in bucket.load.items():
+                if fp == fingerprint and db == database:
+                    wait = wtype if wtype == wevent else f"{wtype}/{wevent}"
+                    totals[wait] = totals.get(wait, 0.0) + seconds
+        top = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return {wait: round(seconds, 3) for wait, seconds in top}
+
     def load_by(self, by: str, window_s: float) -> dict[str, Any]:
         """Sampled active seconds over the last ``window_s``, grouped ``by`` one of
         fingerprint, wait_event, application, route; with the wait-event series."""

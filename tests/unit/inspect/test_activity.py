@@ -115,3 +115,25 @@ def test_blocking_event_after_blocked_ms_once_per_wait() -> None:
     clock.s += 1
     sampler.record([_row(10, "active", None, None)], mine)
     assert not inside.ongoing and not outside.ongoing
+
+
+def test_top_wait_events_of_one_fingerprint_in_a_time_range() -> None:
+    from dbproxy.inspect.activity import LoadBucket
+
+    sampler = _sampler(_Clock())
+    key = ("shop", "fp1", "web", "", "Lock", "transactionid")
+    sampler.buckets.extend(
+        [
+            LoadBucket(at_s=100.0, load={key: 2.0, ("shop", "fp1", "", "", "CPU", "CPU"): 1.0}),
+            LoadBucket(at_s=101.0, load={key: 1.5, ("shop", "fp2", "", "", "CPU", "CPU"): 9.0}),
+            LoadBucket(at_s=200.0, load={key: 50.0}),  # outside the range
+            LoadBucket(at_s=101.5, load={("other", "fp1", "", "", "IO", "DataFileRead"): 7.0}),
+        ]
+    )
+    waits = sampler.top_wait_events("fp1", "shop", 99.0, 150.0)
+    assert waits == {"Lock/transactionid": 3.5, "CPU": 1.0}
+    assert list(waits) == ["Lock/transactionid", "CPU"]  # largest first
+    assert sampler.top_wait_events("fp1", "shop", 99.0, 150.0, limit=1) == {
+        "Lock/transactionid": 3.5
+    }
+    assert sampler.top_wait_events("fp3", "shop", 0.0, 1e9) == {}

@@ -70,3 +70,40 @@ def test_slow_traced_executions_become_the_findings_example_traces() -> None:
         for t in finding.trace_ids
     )
     assert monitor.published.open_findings == ((finding.fingerprint, "latency_regression"),)
+
+
+def test_findings_api_carries_the_fingerprints_top_wait_events() -> None:
+    import asyncio
+    import json
+
+    from dbproxy.export.findings import FindingsEndpoints
+    from dbproxy.export.http import Request
+
+    now = [1_800_000_000.0]
+    monitor = RegressionMonitor(
+        fingerprinter=Fingerprinter(),
+        settings=DetectorSettings(window_s=120, min_calls=10),
+        clock=lambda: now[0],
+    )
+    for minute in range(16):
+        monitor.consume([statement(SQL, 40.0 if minute >= 13 else 1.0) for _ in range(10)])
+        now[0] += 60
+        monitor.tick()
+    [finding] = monitor.detector.open_findings()
+    asked: list[tuple[str, str, float, float]] = []
+
+    def waits(fp: str, db: str, since: float, until: float) -> dict[str, float]:
+        asked.append((fp, db, since, until))
+        return {"Lock/transactionid": 3.5, "CPU": 1.0}
+
+    def get(endpoints: FindingsEndpoints) -> list[dict[str, object]]:
+        request = Request(method="GET", path="/api/findings", query=(), headers={})
+        response = asyncio.run(endpoints.findings(request))
+        rows: list[dict[str, object]] = json.loads(response.body)
+        return rows
+
+    [row] = get(FindingsEndpoints(monitor, wait_events=waits))
+    assert row["wait_events"] == {"Lock/transactionid": 3.5, "CPU": 1.0}
+    assert asked == [(finding.fingerprint, "shop", finding.first_seen - 120, finding.last_seen)]
+    [plain] = get(FindingsEndpoints(monitor))  # no activity sampler: no key
+    assert "wait_events" not in plain
