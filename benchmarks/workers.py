@@ -55,8 +55,11 @@ def _tree_cpu_s(pid: int) -> float:
     return total
 
 
-def _start_proxy(pg: PgServer, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_dbproxy(pg: PgServer, workers: int = 1) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``dbproxy run`` in its default configuration (no DBPROXY_*/OTEL_* from the
+    environment) in front of ``pg``, once every worker answers: (process, port, HTTP port)."""
     port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBPROXY_", "OTEL_"))}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -74,7 +77,9 @@ def _start_proxy(pg: PgServer, workers: int) -> tuple[subprocess.Popen[bytes], i
             "--log-level",
             "warning",
         ],
+        env=env,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -83,7 +88,7 @@ def _start_proxy(pg: PgServer, workers: int) -> tuple[subprocess.Popen[bytes], i
                 text = r.read().decode()
             if workers == 1 or f"dbproxy_workers {float(workers)}" in text:
                 # every worker answered: each one listens (it serves its channel after that)
-                return proc, port
+                return proc, port, http_port
         except OSError:
             pass
         time.sleep(0.2)
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for round_no in range(1, args.rounds + 1):
             for n in counts:
-                proc, port = _start_proxy(pg, n)
+                proc, port, _ = start_dbproxy(pg, n)
                 try:
                     cpu0 = _tree_cpu_s(proc.pid)
                     tps = _pgbench(pg, port, bench)
