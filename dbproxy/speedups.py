@@ -45,6 +45,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.sql.keywords",
     "dbproxy.sql.lexer",
     "dbproxy.sql.splitter",
+    "dbproxy.sql.skeleton",
     "dbproxy.sql.normalize",
     "dbproxy.sql.commenter",
     "dbproxy.sql.fingerprint",

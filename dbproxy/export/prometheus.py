@@ -469,7 +469,8 @@ class DbproxyCollector(Collector):
             fs = self._fingerprinter.stats
             hits = CounterMetricFamily(
                 "dbproxy_fingerprint_cache_hits",
-                "Fingerprint cache hits (exact: same text; shape: same normalized text).",
+                "Fingerprint cache hits (exact: same text; skeleton: same text but for its "
+                "constants; shape: same normalized text).",
                 labels=("cache",),
             )
             misses = CounterMetricFamily(
@@ -482,10 +483,13 @@ class DbproxyCollector(Collector):
             )
             hits.add_metric(("exact",), fs.exact_hits)
             hits.add_metric(("shape",), fs.shape_hits)
+            hits.add_metric(("skeleton",), fs.skeleton_hits)
             misses.add_metric(("exact",), fs.exact_misses)
             misses.add_metric(("shape",), fs.shape_misses)
+            misses.add_metric(("skeleton",), fs.skeleton_misses)
             entries.add_metric(("exact",), fs.exact_size)
             entries.add_metric(("shape",), fs.shape_size)
+            entries.add_metric(("skeleton",), fs.skeleton_size)
             yield hits
             yield misses
             yield entries

@@ -1,10 +1,16 @@
 """The cached fingerprinter the proxy owns (one per process, passed in by the composition
 root; never a module global).
 
-Two bounded LRU caches sit in front of sqlglot:
+Three bounded LRU caches sit in front of sqlglot:
 
 * **exact**: raw statement text → :class:`Fingerprint`.  An extended-protocol query
   (``$n`` parameters) has the same text on every execution, so this is the common case.
+* **skeleton**: the text with its constants cut out (:mod:`dbproxy.sql.skeleton`, one
+  pass, no lexer) → :class:`Fingerprint`.  A simple-protocol query carries new values
+  every time, so its text rarely repeats, but its skeleton does: a hit costs one scan
+  instead of the lexer and normalizer (pgbench ``-M simple``: half the observer's
+  instructions per transaction).  Texts with constants are cached here and not in
+  **exact**, where one-off texts would evict the extended protocol's.
 * **shape**: normalized text → tag-less :class:`Fingerprint`.  The lexer-based normalizer
   replaces constants and collapses ``IN``/``ARRAY``/``VALUES`` lists, so the same query
   with other literals, another list length, other whitespace or other comments (a new
@@ -34,6 +40,7 @@ from dbproxy.sql.fingerprint import (
     normalize,
     with_tags,
 )
+from dbproxy.sql.skeleton import literal_skeleton
 
 __all__ = ["Fingerprinter", "FingerprinterStats", "SupportsFingerprint"]
 
@@ -67,6 +74,10 @@ class FingerprinterStats:
     shape_size: int
     exact_capacity: int
     shape_capacity: int
+    skeleton_hits: int = 0
+    skeleton_misses: int = 0
+    skeleton_size: int = 0
+    skeleton_capacity: int = 0
 
 
 def _split_trace_comment(sql: str) -> tuple[str, str, bool] | None:
@@ -118,6 +129,10 @@ class Fingerprinter:
         "_shape_capacity",
         "_shape_hits",
         "_shape_misses",
+        "_skeleton",
+        "_skeleton_capacity",
+        "_skeleton_hits",
+        "_skeleton_misses",
     )
 
     def __init__(
@@ -125,15 +140,20 @@ class Fingerprinter:
         *,
         exact_capacity: int = 10_000,
         shape_capacity: int = 10_000,
+        skeleton_capacity: int = 10_000,
         max_exact_chars: int = DEFAULT_MAX_EXACT_CHARS,
         max_shape_chars: int = DEFAULT_MAX_SHAPE_CHARS,
     ) -> None:
-        if exact_capacity < 0 or shape_capacity < 0:
+        if exact_capacity < 0 or shape_capacity < 0 or skeleton_capacity < 0:
             raise ValueError("cache capacities must be >= 0")
         self._exact: OrderedDict[str, Fingerprint] = OrderedDict()
         self._shape: OrderedDict[str, Fingerprint] = OrderedDict()
+        self._skeleton: OrderedDict[str, Fingerprint] = OrderedDict()
         self._exact_capacity = exact_capacity
         self._shape_capacity = shape_capacity
+        self._skeleton_capacity = skeleton_capacity
+        self._skeleton_hits = 0
+        self._skeleton_misses = 0
         self._max_exact_chars = max_exact_chars
         self._max_shape_chars = max_shape_chars
         self._exact_hits = 0
@@ -168,6 +188,18 @@ class Fingerprinter:
             if tags is not None:
                 return replace(core_fp, tags=Tags(tags)) if tags else core_fp
         self._exact_misses += 1
+        skeleton = None
+        if self._skeleton_capacity and len(sql) <= self._max_shape_chars:
+            skeleton = literal_skeleton(sql)
+            if skeleton is not None and skeleton is sql:
+                skeleton = None  # no constant: the exact cache is the one for it
+        if skeleton is not None:
+            hit = self._skeleton.get(skeleton)
+            if hit is not None:
+                self._skeleton.move_to_end(skeleton)
+                self._skeleton_hits += 1
+                return hit
+            self._skeleton_misses += 1
 
         started = time.perf_counter_ns()
         norm = normalize(sql)
@@ -194,11 +226,14 @@ class Fingerprinter:
 
         result = with_tags(base, norm.comments)
         # A traceparent is new on every execution: caching such texts would only evict.
-        if (
-            len(sql) <= self._max_exact_chars
-            and self._exact_capacity
-            and "traceparent" not in result.tags
-        ):
+        if "traceparent" in result.tags:
+            return result
+        if skeleton is not None and not norm.keeps_constant_text():
+            cache = self._skeleton
+            cache[skeleton] = result
+            if len(cache) > self._skeleton_capacity:
+                cache.popitem(last=False)
+        elif len(sql) <= self._max_exact_chars and self._exact_capacity:
             exact[sql] = result
             if len(exact) > self._exact_capacity:
                 exact.popitem(last=False)
@@ -232,9 +267,14 @@ class Fingerprinter:
             shape_size=len(self._shape),
             exact_capacity=self._exact_capacity,
             shape_capacity=self._shape_capacity,
+            skeleton_hits=self._skeleton_hits,
+            skeleton_misses=self._skeleton_misses,
+            skeleton_size=len(self._skeleton),
+            skeleton_capacity=self._skeleton_capacity,
         )
 
     def clear(self) -> None:
-        """Drop both caches (counters are kept)."""
+        """Drop the caches (counters are kept)."""
         self._exact.clear()
         self._shape.clear()
+        self._skeleton.clear()

@@ -107,6 +107,11 @@ class Normalized:
     max_depth: int
     params: int
 
+    def keeps_constant_text(self) -> bool:
+        """Whether a constant's own text is in ``text`` (an ORDER/GROUP BY ordinal):
+        the one case where the text depends on a constant's value."""
+        return _KEEP in self.kinds
+
 
 @functools.lru_cache(maxsize=8192)  # pure; words repeat across statements
 def _word(text: str) -> tuple[int, str]:

@@ -13,10 +13,34 @@ def test_exact_and_shape_hits_and_stats() -> None:
     c = fp.fingerprint("select *  from t where id = 2")
     assert a is b and a.id == c.id
     stats = fp.stats
-    assert (stats.exact_hits, stats.exact_misses) == (1, 2)
+    # texts with constants are cached by their skeleton (constants cut out), not as text
+    assert (stats.exact_hits, stats.exact_misses) == (0, 3)
+    assert (stats.skeleton_hits, stats.skeleton_misses) == (1, 2)
     assert (stats.shape_hits, stats.shape_misses) == (1, 1)
     assert stats.parses == 1 and stats.parse_failures == 0 and stats.parse_ns > 0
-    assert (stats.exact_size, stats.shape_size) == (2, 1)
+    assert (stats.exact_size, stats.skeleton_size, stats.shape_size) == (0, 2, 1)
+    # a text without constants is cached as text
+    d = fp.fingerprint("SELECT * FROM t WHERE id = $1")
+    assert fp.fingerprint("SELECT * FROM t WHERE id = $1") is d
+    assert (fp.stats.exact_hits, fp.stats.exact_size) == (1, 1)
+
+
+def test_skeleton_hits_give_what_the_uncached_path_gives() -> None:
+    fp = Fingerprinter()
+    texts = [f"SELECT abalance FROM pgbench_accounts WHERE aid = {i};" for i in (1, 22, 333)] + [
+        "SELECT name FROM users WHERE email = 'a@b.c' AND age > 1.5 -- app=shop",
+        "SELECT name FROM users WHERE email = 'x@y.z' AND age > 30.25 -- app=shop",
+        "SELECT a, b FROM t WHERE c = 5 ORDER BY 2",
+        "SELECT a, b FROM t WHERE c = 7 ORDER BY 1",  # same skeleton, another ordinal
+        "SELECT a FROM t WHERE c IN (1, 2, 3)",
+        "SELECT a FROM t WHERE c IN (4, 5, 6)",
+    ]
+    for text in texts + texts:
+        assert fp.fingerprint(text) == fingerprint(text), text
+    stats = fp.stats
+    assert stats.skeleton_hits >= 6
+    # the ordinal texts are not cached by skeleton (their text keeps the ordinal)
+    assert stats.exact_size == 2
 
 
 def test_two_hundred_row_insert_parses_once_as_one_row() -> None:
@@ -26,7 +50,7 @@ def test_two_hundred_row_insert_parses_once_as_one_row() -> None:
     again = fp.fingerprint(f"INSERT INTO t (a, b) VALUES {rows.replace('name', 'x')}")
     assert first.text == "INSERT INTO t(a, b) VALUES ($1, $2)"
     assert again.id == first.id
-    assert fp.stats.parses == 1 and fp.stats.shape_hits == 1
+    assert fp.stats.parses == 1 and fp.stats.skeleton_hits == 1  # same skeleton
 
 
 def test_bounded_lru() -> None:
@@ -56,7 +80,8 @@ def test_tags_are_per_statement_not_per_shape() -> None:
     assert a.tags["traceparent"] == "00-a-b-01" and b.tags["traceparent"] == "00-c-d-01"
     assert not plain.tags
     # traceparent texts are never cached themselves; the statements without them are
-    assert fp.stats.exact_size == 3
+    # (under their common skeleton)
+    assert fp.stats.exact_size == 0 and fp.stats.skeleton_size == 1
 
 
 def test_fingerprint_many_splits_like_postgres() -> None:
