@@ -425,3 +425,60 @@ def _reframe(msg_type: int, body: bytes) -> bytes:
 
 def _now() -> int:
     return time.monotonic_ns()
+
+
+class PlusStripper(asyncio.Protocol):
+    """Relayed SCRAM with the upstream leg on TLS and the client's in plaintext: the
+    server offers ``SCRAM-SHA-256-PLUS``, which libpq refuses to see on a plaintext
+    connection ("server offered SCRAM-SHA-256-PLUS authentication over a non-SSL
+    connection").  This reads the server's first message, drops ``-PLUS`` from the
+    mechanism list when the client leg is plaintext (the client then answers with the
+    ``n`` flag, which the server accepts: the list is not covered by the proof), and
+    hands the connection back to the relay for good."""
+
+    def __init__(self, conn: ClientConnection, inner: asyncio.Protocol) -> None:
+        self._conn = conn
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        try:
+            msg = scram.split_message(self._buf)
+        except scram.ScramError:
+            msg = (0, b"")  # not ours to judge: relay as it is
+        if msg is None:
+            return
+        out = bytes(self._buf)
+        msg_type, body = msg
+        if (
+            msg_type == ord("R")
+            and _code(body) == scram.AUTH_SASL
+            and not self._conn.tls
+            and scram.MECHANISM_PLUS in scram.decode_sasl_mechanisms(body[4:])
+        ):
+            offered = scram.decode_sasl_mechanisms(body[4:])
+            kept = [m for m in offered if m != scram.MECHANISM_PLUS]
+            out = scram.encode_sasl_mechanisms(kept) + out[len(body) + 5 :]
+        self._buf.clear()
+        assert self._transport is not None
+        if self._transport.get_protocol() is self:
+            self._transport.set_protocol(self._inner)
+        self._inner.data_received(out)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()

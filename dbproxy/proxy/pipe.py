@@ -154,6 +154,10 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_transport = transport
         self.upstream = protocol
         protocol.bind_client()  # the client's transport may have become TLS meanwhile
+        if upstream_ctx is not None and transport.get_extra_info("ssl_object") is not None:
+            from dbproxy.proxy.auth import PlusStripper
+
+            PlusStripper(self, protocol).attach(transport)
         held, self._held = self._held, []
         for chunk in held:
             transport.write(chunk)

@@ -14,7 +14,9 @@ from dbproxy.protocol import scram
 
 # RFC 7677 section 3 (user "user", password "pencil")
 CLIENT_FIRST = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
-SERVER_FIRST = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+SERVER_FIRST = (
+    "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+)
 CLIENT_FINAL = (
     b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
@@ -99,9 +101,7 @@ def test_tls_server_end_point_uses_the_certificate_signature_hash(
 ) -> None:
     ca = trustme.CA(key_type=key_type)
     leaf = ca.issue_cert("localhost", key_type=key_type)
-    der = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(
-        Encoding.DER
-    )
+    der = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(Encoding.DER)
     cert = x509.load_der_x509_certificate(der)
     assert cert.signature_hash_algorithm is not None
     name = cert.signature_hash_algorithm.name
