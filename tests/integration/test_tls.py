@@ -8,12 +8,14 @@ channel_binding), asyncpg.  The proxy's certificate comes from a trustme CA.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import psycopg
 import pytest
 import trustme
 
+from dbproxy.config import Address
 from dbproxy.pgcluster import PgServer
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 
@@ -257,6 +260,33 @@ def test_upstream_require_refuses_a_plaintext_server(
                     psycopg.connect(dsn, connect_timeout=10)
         finally:
             proxy.stop()
+
+
+def test_upstream_bytes_after_s_are_refused(tls_pg: PgServer, proxy_cert: ProxyCert) -> None:
+    """CVE-2021-23222 class: a peer posing as the server answers the SSLRequest with 'S'
+    and piggy-backs plaintext (a fake ReadyForQuery) before the handshake."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(8)
+            conn.sendall(b"SZ\x00\x00\x00\x05I")
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                conn.recv(100)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    proxy = _proxy(tls_pg, proxy_cert, upstream=Address("127.0.0.1", port), upstream_tls="require")
+    try:
+        with pytest.raises(psycopg.OperationalError, match="unencrypted data after its SSL"):
+            psycopg.connect(proxy.dsn(params={"sslmode": "disable"}), connect_timeout=10)
+    finally:
+        proxy.stop()
+        listener.close()
+        thread.join(5)
 
 
 # ----------------------------------------------------------------------------- SCRAM
