@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -30,6 +31,7 @@ import trustme
 from dbproxy.config import Address
 from dbproxy.pgcluster import PgServer
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
+from tests.integration.test_cli import start_process
 
 PSQL_15 = "/usr/lib/postgresql/15/bin/psql"
 
@@ -409,9 +411,40 @@ def test_reload_tls_swaps_the_certificate_and_keeps_it_on_a_bad_file(
         proxy.stop()
 
 
+def test_sighup_reloads_certificates_of_dbproxy_run_and_keeps_sessions(
+    tls_pg: PgServer, proxy_cert: ProxyCert, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "proxy.crt", tmp_path / "proxy.key"
+    shutil.copyfile(proxy_cert.cert, cert)
+    shutil.copyfile(proxy_cert.key, key)
+    flags = ["--client-tls", "require", "--client-tls-cert", str(cert)]
+    proc, port = start_process(tls_pg, *flags, "--client-tls-key", str(key))
+    try:
+        dsn = tls_pg.dsn(
+            host="localhost",
+            port=port,
+            params={"sslmode": "verify-full", "sslrootcert": str(proxy_cert.ca)},
+        )
+        with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as running:
+            assert _peer_cn_at("127.0.0.1", port, proxy_cert) == "dbproxy-first"
+            shutil.copyfile(proxy_cert.other_cert, cert)
+            shutil.copyfile(proxy_cert.other_key, key)
+            proc.proc.send_signal(signal.SIGHUP)
+            proc.wait_for_line("TLS certificates reloaded")
+            assert _peer_cn_at("127.0.0.1", port, proxy_cert) == "dbproxy-second"
+            # the session opened before the reload keeps working over its old context
+            assert running.execute("SELECT 'still here'").fetchone() == ("still here",)
+    finally:
+        assert proc.stop() == 0
+
+
 def _peer_cn(proxy: RunningProxy, cert: ProxyCert) -> str:
+    return _peer_cn_at(proxy.host, proxy.port, cert)
+
+
+def _peer_cn_at(host: str, port: int, cert: ProxyCert) -> str:
     ctx = ssl.create_default_context(cafile=str(cert.ca))
-    with socket.create_connection((proxy.host, proxy.port), timeout=5) as raw:
+    with socket.create_connection((host, port), timeout=5) as raw:
         raw.sendall(struct.pack("!II", 8, 80877103))
         assert raw.recv(1) == b"S"
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
