@@ -295,6 +295,7 @@ class ProxyAuth:
         # upstream: replay the StartupMessage and log in with the recovered key
         upstream.set_protocol(_UpstreamDuringAuth(self._server))
         upstream.write(self._startup)
+        conn._server.stats.bytes_from_client += len(self._startup)
         rest = await self._server_exchange(upstream, client_key, secret)
         upstream.set_protocol(conn.upstream)
         if rest[:1] != b"E":
@@ -370,6 +371,13 @@ class ProxyAuth:
         """Log in upstream; returns the server's bytes from its answer to the login on
         (AuthenticationOk… or an ErrorResponse), to relay."""
         msg_type, body = await self._server.read()
+        before = b""
+        while msg_type == codes.NEGOTIATE_PROTOCOL_VERSION:  # relayed, in order
+            before += _reframe(msg_type, body)
+            msg_type, body = await self._server.read()
+        if before:
+            self._conn.transport.write(before)  # type: ignore[union-attr]
+            self._conn._observe(self._conn.session.server_data, before, _now())
         if msg_type == ord("R") and _code(body) == scram.AUTH_OK:
             return self._relay_from(msg_type, body)
         if msg_type == ord("E"):

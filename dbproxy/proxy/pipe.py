@@ -310,12 +310,13 @@ class ClientConnection(asyncio.Protocol):
 
     async def _run_tls(self, ctx: ssl.SSLContext, direct_first: bytes | None) -> None:
         assert self.transport is not None
+        handshake_s = max(self._server.config.connect_timeout, tls.MIN_HANDSHAKE_S)
         try:
             if direct_first is None:
-                transport = await tls.start_client_tls(self.transport, self, ctx)
+                transport = await tls.start_client_tls(self.transport, self, ctx, handshake_s)
             else:
                 transport = await tls.start_direct_tls(
-                    self.transport, self, ctx, direct_first, self._server.config.connect_timeout
+                    self.transport, self, ctx, direct_first, handshake_s
                 )
         except (OSError, TimeoutError) as exc:
             self._server.stats.rejected_startups += 1

@@ -31,6 +31,8 @@ from dbproxy.protocol.scram import tls_server_end_point
 log = logging.getLogger(__name__)
 
 ALPN = "postgresql"
+#: a client's TLS handshake may take this long at least (else --connect-timeout)
+MIN_HANDSHAKE_S = 10.0
 _SSL_REQUEST = struct.pack("!II", 8, codes.SSL_REQUEST_CODE)
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -100,11 +102,16 @@ class TlsSettings:
 
 # --------------------------------------------------------------------- client leg
 async def start_client_tls(
-    transport: asyncio.Transport, protocol: asyncio.Protocol, ctx: ssl.SSLContext
+    transport: asyncio.Transport,
+    protocol: asyncio.Protocol,
+    ctx: ssl.SSLContext,
+    handshake_s: float,
 ) -> asyncio.Transport:
     """Upgrade after an ``S`` answer (the transport's reading is paused by the caller)."""
     loop = asyncio.get_running_loop()
-    new = await loop.start_tls(transport, protocol, ctx, server_side=True)
+    new = await loop.start_tls(
+        transport, protocol, ctx, server_side=True, ssl_handshake_timeout=handshake_s
+    )
     assert new is not None
     return new
 
@@ -148,7 +155,9 @@ async def start_direct_tls(
     buf = ssl_protocol.get_buffer(len(first))
     buf[: len(first)] = first
     ssl_protocol.buffer_updated(len(first))
-    tls = await asyncio.wait_for(done, handshake_s)
+    # the waiter fails when the handshake does; ``done`` is set just before it succeeds
+    await asyncio.wait_for(waiter, handshake_s)
+    tls = done.result()
     ssl_object = tls.get_extra_info("ssl_object")
     if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
         tls.abort()

@@ -30,6 +30,7 @@ import trustme
 
 from dbproxy.config import Address
 from dbproxy.pgcluster import PgServer
+from dbproxy.protocol.events import SessionOpened
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 from tests.integration.test_cli import start_process
 
@@ -356,6 +357,19 @@ def test_tls_both_legs_proxy_authenticates(
     # a wrong password is refused by the proxy itself, as the server would
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _connect(proxy, proxy_cert, channel_binding=binding, password="wrong-password")
+
+
+def test_proxy_auth_relays_a_protocol_downgrade(
+    make_proxy: Any, proxy_cert: ProxyCert, tls_pg: PgServer, auth_sources: dict[str, Any]
+) -> None:
+    """libpq 18 asking for protocol 3.2: PostgreSQL 15 answers NegotiateProtocolVersion
+    before authentication; the proxy relays it and the session runs at 3.0."""
+    proxy = make_proxy(client_tls="require", **_upstream_tls(tls_pg), **auth_sources["auth_file"])
+    with _connect(proxy, proxy_cert, max_protocol_version="latest") as conn:
+        assert conn.pgconn.protocol_version == 3
+        assert conn.execute("SELECT 7").fetchone() == (7,)
+    opened = [e for e in proxy.wait_closed() if isinstance(e, SessionOpened)]
+    assert [(e.user, e.protocol_version) for e in opened] == [(tls_pg.app_user, (3, 0))]
 
 
 def test_tls_both_legs_without_auth_source_is_passthrough(
