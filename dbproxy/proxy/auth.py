@@ -251,17 +251,20 @@ class ProxyAuth:
             await asyncio.wait_for(self._authenticate(), AUTH_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
-        except _AuthFailed as exc:
+        except (_AuthFailed, scram.ScramError) as exc:
+            # messages name users and mechanisms, never secrets
+            sqlstate = exc.sqlstate if isinstance(exc, _AuthFailed) else "08P01"
+            message = str(exc) if isinstance(exc, _AuthFailed) else f"malformed SCRAM: {exc}"
             conn._server.stats.rejected_startups += 1
-            log.info("client %s: proxy authentication failed: %s", conn.peer, exc)
+            log.info("client %s: proxy authentication failed: %s", conn.peer, message)
             if conn.transport is not None and not conn._closed:
                 conn.transport.write(
                     messages.encode_error_response(
-                        severity="FATAL", sqlstate=exc.sqlstate, message=str(exc)
+                        severity="FATAL", sqlstate=sqlstate, message=message
                     )
                 )
             conn._shutdown()
-        except (OSError, TimeoutError, scram.ScramError) as exc:
+        except (OSError, TimeoutError) as exc:
             log.info("client %s: authentication ended: %s", conn.peer, exc)
             conn._shutdown()
 

@@ -372,6 +372,24 @@ def test_proxy_auth_relays_a_protocol_downgrade(
     assert [(e.user, e.protocol_version) for e in opened] == [(tls_pg.app_user, (3, 0))]
 
 
+def test_proxy_auth_answers_malformed_scram_with_08p01(
+    make_proxy: Any, proxy_cert: ProxyCert, tls_pg: PgServer, auth_sources: dict[str, Any]
+) -> None:
+    proxy = make_proxy(client_tls="require", **_upstream_tls(tls_pg), **auth_sources["auth_file"])
+    ctx = ssl.create_default_context(cafile=str(proxy_cert.ca))
+    bad_first = b"SCRAM-SHA-256\x00" + struct.pack("!i", 5) + b"q,,x="
+    with socket.create_connection((proxy.host, proxy.port), timeout=5) as raw:
+        raw.sendall(struct.pack("!II", 8, 80877103))
+        assert raw.recv(1) == b"S"
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(_startup(tls_pg.app_user, tls_pg.database))
+            offer = tls.recv(4096)
+            assert offer[:1] == b"R" and b"SCRAM-SHA-256-PLUS" in offer
+            tls.sendall(b"p" + struct.pack("!i", len(bad_first) + 4) + bad_first)
+            reply = _read_all(tls)
+    assert reply[:1] == b"E" and b"C08P01" in reply and b"malformed SCRAM" in reply
+
+
 def test_tls_both_legs_without_auth_source_is_passthrough(
     make_proxy: Any, proxy_cert: ProxyCert, tls_pg: PgServer
 ) -> None:
