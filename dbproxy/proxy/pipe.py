@@ -30,9 +30,9 @@ from dbproxy.protocol import codes, messages
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request
 from dbproxy.proxy import tls
+from dbproxy.proxy.auth import PlusStripper, ProxyAuth
 
 if TYPE_CHECKING:
-    from dbproxy.proxy.auth import ProxyAuth
     from dbproxy.proxy.server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,6 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = protocol
         protocol.bind_client()  # the client's transport may have become TLS meanwhile
         if upstream_ctx is not None and transport.get_extra_info("ssl_object") is not None:
-            from dbproxy.proxy.auth import PlusStripper
-
             PlusStripper(self, protocol).attach(transport)
         held, self._held = self._held, []
         for chunk in held:
@@ -278,8 +276,6 @@ class ClientConnection(asyncio.Protocol):
                 and request.kind is RequestKind.STARTUP
                 and self._server.auth_source is not None
             ):
-                from dbproxy.proxy.auth import ProxyAuth
-
                 self._auth = ProxyAuth(self, buf[: request.size], self._server.auth_source)
                 self._auth.start(buf[request.size :])
                 return
