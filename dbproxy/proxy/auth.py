@@ -288,12 +288,16 @@ class ProxyAuth:
         user = packet.params.get("user", "")
         conn._observe(conn.session.client_data, self._startup, _now())
         secret = await self._source.lookup(user)
+        tls_settings = conn._server.tls
+        own_cbind = tls_settings.client_cbind if tls_settings is not None else None
         if secret is None:
+            # As the server: a full exchange with a made-up secret, failing at the proof,
+            # so that a client cannot tell an unknown user from a wrong password.
+            mock = scram.ScramSecret(4096, self._random(16), self._random(32), self._random(32))
+            await self._client_exchange(mock, own_cbind, user)
             raise _AuthFailed(
                 codes.SQLSTATE_INVALID_PASSWORD, f'password authentication failed for user "{user}"'
             )
-        tls_settings = conn._server.tls
-        own_cbind = tls_settings.client_cbind if tls_settings is not None else None
         client_key, server_final = await self._client_exchange(secret, own_cbind, user)
         # upstream: replay the StartupMessage and log in with the recovered key
         upstream.set_protocol(_UpstreamDuringAuth(self._server))

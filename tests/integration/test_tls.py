@@ -354,9 +354,19 @@ def test_tls_both_legs_proxy_authenticates(
     with _connect(proxy, proxy_cert, channel_binding=binding) as conn:
         assert _client_ssl(conn) and _backend_ssl(conn)
         assert conn.execute("SELECT current_user").fetchone() == (tls_pg.app_user,)
-    # a wrong password is refused by the proxy itself, as the server would
+    # a wrong password is refused by the proxy itself, as the server would; an unknown
+    # user gets the same answer after the same exchange
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _connect(proxy, proxy_cert, channel_binding=binding, password="wrong-password")
+    unknown = tls_pg.dsn(
+        user="no_such_user",
+        password="pw",
+        host="localhost",
+        port=proxy.port,
+        params={"sslmode": "verify-full", "sslrootcert": str(proxy_cert.ca)},
+    )
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(unknown, connect_timeout=10, channel_binding=binding)
 
 
 def test_proxy_auth_relays_a_protocol_downgrade(
