@@ -293,14 +293,41 @@ def test_upstream_bytes_after_s_are_refused(tls_pg: PgServer, proxy_cert: ProxyC
 
 
 # ----------------------------------------------------------------------------- SCRAM
-def test_client_tls_upstream_plaintext_passthrough(make_proxy: Any, proxy_cert: ProxyCert) -> None:
+@pytest.mark.parametrize("source", [None, "auth_file", "auth_query"])
+def test_client_tls_upstream_plaintext_passthrough(
+    make_proxy: Any, proxy_cert: ProxyCert, auth_sources: dict[str, Any], source: str | None
+) -> None:
     """Case 1: no -PLUS offered by the server on its plaintext connection; libpq answers
-    with the 'y' flag and the server accepts.  channel_binding=require cannot be met."""
-    proxy = make_proxy(client_tls="require")
+    with the 'y' flag and the server accepts.  channel_binding=require cannot be met.
+    A configured auth source changes nothing (the proxy authenticates only with TLS on
+    both legs)."""
+    proxy = make_proxy(client_tls="require", **(auth_sources[source] if source else {}))
     with _connect(proxy, proxy_cert, channel_binding="prefer") as conn:
         assert _client_ssl(conn) and not _backend_ssl(conn)
-    with pytest.raises(psycopg.OperationalError, match="channel binding"):
+    with pytest.raises(psycopg.OperationalError, match="channel binding is required"):
         _connect(proxy, proxy_cert, channel_binding="require")
+
+
+def test_upstream_prefer_falling_back_to_plaintext_relays_scram(
+    pg_server: PgServer, proxy_cert: ProxyCert, auth_sources: dict[str, Any]
+) -> None:
+    """--upstream-tls prefer against a server without TLS, with an auth source: the
+    upstream connection turns out plaintext, so the exchange is relayed (case 1)."""
+    proxy = _proxy(
+        pg_server,
+        proxy_cert,
+        client_tls="require",
+        upstream_tls="prefer",
+        **auth_sources["auth_file"],
+    )
+    try:
+        with _connect(proxy, proxy_cert, channel_binding="prefer") as conn:
+            assert _client_ssl(conn)
+            assert conn.execute("SELECT current_user").fetchone() == (pg_server.app_user,)
+        with pytest.raises(psycopg.OperationalError, match="channel binding is required"):
+            _connect(proxy, proxy_cert, channel_binding="require")
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="module")
