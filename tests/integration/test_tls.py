@@ -396,6 +396,36 @@ def test_tls_both_legs_proxy_authenticates(
         psycopg.connect(unknown, connect_timeout=10, channel_binding=binding)
 
 
+def test_proxy_auth_with_psql_15_and_asyncpg(
+    make_proxy: Any, proxy_cert: ProxyCert, tls_pg: PgServer, auth_sources: dict[str, Any]
+) -> None:
+    """libpq 15 binds (channel_binding=require); asyncpg does not bind (flag 'n')."""
+    proxy = make_proxy(client_tls="require", **_upstream_tls(tls_pg), **auth_sources["auth_query"])
+    env = proxy.env()
+    env.update(
+        PGHOST="localhost",
+        PGSSLMODE="verify-full",
+        PGSSLROOTCERT=str(proxy_cert.ca),
+        PGCHANNELBINDING="require",
+    )
+    sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    out = subprocess.run(
+        [PSQL_15, "-XAtc", sql], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "t"
+    ctx = ssl.create_default_context(cafile=str(proxy_cert.ca))
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(proxy.pg.dsn(host="localhost", port=proxy.port), ssl=ctx)
+        try:
+            return await conn.fetchval("SELECT current_user")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == tls_pg.app_user
+
+
 def test_proxy_auth_relays_a_protocol_downgrade(
     make_proxy: Any, proxy_cert: ProxyCert, tls_pg: PgServer, auth_sources: dict[str, Any]
 ) -> None:
