@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbproxy.protocol import scram
 
@@ -130,3 +133,21 @@ def test_parse_secret_refuses_md5_and_plaintext() -> None:
         with pytest.raises(scram.ScramError):
             scram.parse_secret(text)
     assert "salt" in repr(_secret()) and "stored" not in repr(_secret()).lower()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=200))
+def test_parsers_raise_only_their_documented_errors(data: bytes) -> None:
+    """Whatever a client sends, the SCRAM codecs fail with ScramError (DER: ValueError)."""
+    for parse in (
+        scram.parse_client_first,
+        scram.parse_client_final,
+        scram.decode_sasl_initial_response,
+        scram.split_message,
+    ):
+        with contextlib.suppress(scram.ScramError):
+            parse(data)
+    with contextlib.suppress(ValueError):
+        scram.certificate_signature_hash(data)
+    with contextlib.suppress(scram.ScramError):
+        scram.parse_secret(data.decode("latin-1"))
