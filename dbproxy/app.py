@@ -517,8 +517,13 @@ async def serve(config: ProxyConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
-    if app.query_log is not None:
-        loop.add_signal_handler(signal.SIGHUP, app.query_log.reopen)  # after logrotate
+
+    def hangup() -> None:
+        if app.query_log is not None:
+            app.query_log.reopen()  # after logrotate
+        app.proxy.reload_tls()  # certificates renewed on disk
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await app.run_until_stopped()
     log.info("dbproxy stopped")
 

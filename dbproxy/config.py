@@ -59,6 +59,18 @@ class ProxyConfig:
     shutdown_timeout: float = 30.0
     #: seconds to wait for the upstream TCP connection
     connect_timeout: float = 5.0
+    #: TLS towards clients: disable (answer SSLRequest N), allow, require (issue 11)
+    client_tls: str = "disable"
+    client_tls_cert: str | None = None
+    client_tls_key: str | None = None
+    #: TLS towards the server: disable, prefer, require, verify-ca, verify-full
+    upstream_tls: str = "disable"
+    upstream_tls_ca: str | None = None
+    #: proxy-side SCRAM when both legs are TLS: a file of "user" "SCRAM-SHA-256$…" lines …
+    auth_file: str | None = None
+    #: … or a query run on a side connection (auth_dsn) returning (user, secret)
+    auth_query: str = "SELECT usename, passwd FROM pgbouncer.get_auth($1)"
+    auth_dsn: str | None = field(default=None, repr=False)
     #: events buffered between the proxy and its consumers; more are dropped and counted
     sink_capacity: int = 65_536
     #: bytes of statement text kept per Query/Parse (longer statements are cut)
@@ -273,6 +285,22 @@ def _inspect_dsn(text: str) -> str:
     return value
 
 
+def _choice(*allowed: str) -> Any:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must be a file path")
+    return text.strip()
+
+
 def _has_password(dsn: str) -> bool:
     from urllib.parse import parse_qs, urlsplit
 
@@ -324,6 +352,63 @@ _SETTINGS: tuple[_Setting, ...] = (
         "SECONDS",
         "let sessions finish on SIGTERM (30)",
     ),
+    _Setting(
+        "client_tls",
+        "DBPROXY_CLIENT_TLS",
+        _choice("disable", "allow", "require"),
+        "--client-tls",
+        "MODE",
+        "TLS towards clients: disable, allow or require (disable)",
+    ),
+    _Setting(
+        "client_tls_cert",
+        "DBPROXY_CLIENT_TLS_CERT",
+        _path,
+        "--client-tls-cert",
+        "FILE",
+        "PEM certificate (chain) the proxy presents to clients",
+    ),
+    _Setting(
+        "client_tls_key",
+        "DBPROXY_CLIENT_TLS_KEY",
+        _path,
+        "--client-tls-key",
+        "FILE",
+        "PEM private key of --client-tls-cert",
+    ),
+    _Setting(
+        "upstream_tls",
+        "DBPROXY_UPSTREAM_TLS",
+        _choice("disable", "prefer", "require", "verify-ca", "verify-full"),
+        "--upstream-tls",
+        "MODE",
+        "TLS towards the server: disable, prefer, require, verify-ca, verify-full (disable)",
+    ),
+    _Setting(
+        "upstream_tls_ca",
+        "DBPROXY_UPSTREAM_TLS_CA",
+        _path,
+        "--upstream-tls-ca",
+        "FILE",
+        "CA bundle that verifies the server's certificate (verify-ca, verify-full)",
+    ),
+    _Setting(
+        "auth_file",
+        "DBPROXY_AUTH_FILE",
+        _path,
+        "--auth-file",
+        "FILE",
+        'proxy-side SCRAM (TLS on both legs): lines of "user" "SCRAM-SHA-256$..." secrets',
+    ),
+    _Setting(
+        "auth_query",
+        "DBPROXY_AUTH_QUERY",
+        _nonempty,
+        "--auth-query",
+        "SQL",
+        "query ($1: user) returning (user, SCRAM secret), run over DBPROXY_AUTH_DSN",
+    ),
+    _Setting("auth_dsn", "DBPROXY_AUTH_DSN", _inspect_dsn),  # secret: env or file only
     _Setting(
         "connect_timeout",
         "DBPROXY_CONNECT_TIMEOUT",
@@ -674,7 +759,7 @@ _DETECTION_SETTINGS = (
     ),
 )
 _SETTINGS = (*_SETTINGS, *_DETECTION_SETTINGS)
-_SECRETS = frozenset(["api_token", "inspect_dsn", "slack_webhook_url", "webhook_url"])
+_SECRETS = frozenset(["api_token", "auth_dsn", "inspect_dsn", "slack_webhook_url", "webhook_url"])
 
 
 def cli_settings() -> tuple[CliSetting, ...]:
@@ -746,7 +831,19 @@ def load_config(
             "--sample-analyze needs the side connection: set DBPROXY_INSPECT_DSN "
             "(or inspect_dsn in the config file, or --inspect-dsn without a password)"
         )
+    _check_tls(values)
     return ProxyConfig(**values)  # type: ignore[arg-type]
+
+
+def _check_tls(values: Mapping[str, object]) -> None:
+    if values.get("client_tls", "disable") != "disable" and not (
+        values.get("client_tls_cert") and values.get("client_tls_key")
+    ):
+        raise ConfigError("--client-tls allow/require needs --client-tls-cert and --client-tls-key")
+    if values.get("upstream_tls") in ("verify-ca", "verify-full") and not values.get(
+        "upstream_tls_ca"
+    ):
+        raise ConfigError("--upstream-tls verify-ca/verify-full needs --upstream-tls-ca")
 
 
 def _read_toml(path: str) -> dict[str, object]:

@@ -5,12 +5,13 @@ anything else happens, then hands the same bytes to the session state machine.  
 exception raised while observing is counted, logged once and turns observation off for
 the connection; it never reaches the client.
 
-Before the first packet is forwarded the client side reads it whole: SSLRequest and
-GSSENCRequest are answered ``N`` here (the proxy offers no TLS yet), a CancelRequest or
-StartupMessage is forwarded as it is.  The upstream connection is opened as soon as the
-client connects; client bytes that arrive before it is up are held, in order, and
-written when it is.  If it cannot be opened the client gets a FATAL ErrorResponse with
-SQLSTATE 08006 naming the upstream.
+Before the first packet is forwarded the client side reads it whole: GSSENCRequest is
+answered ``N``, SSLRequest ``N`` or — with ``--client-tls`` — ``S`` and the connection
+is upgraded (``proxy/tls.py``); a CancelRequest or StartupMessage is forwarded as it is,
+unless the proxy authenticates the client itself (TLS on both legs, ``proxy/auth.py``).
+The upstream connection is opened as soon as the client connects; client bytes that
+arrive before it is up are held, in order, and written when it is.  If it cannot be
+opened the client gets a FATAL ErrorResponse with SQLSTATE 08006 naming the upstream.
 
 Backpressure is cross-wired: when one side's transport cannot keep up
 (``pause_writing``), the proxy stops reading from the other side until it drains.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -27,6 +29,8 @@ from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request
+from dbproxy.proxy import tls
+from dbproxy.proxy.auth import PlusStripper, ProxyAuth
 
 if TYPE_CHECKING:
     from dbproxy.proxy.server import ProxyServer
@@ -57,6 +61,9 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_failed: str | None = None
         self._closed = False
         self._connect_task: asyncio.Task[None] | None = None
+        self.tls = False  # the client leg is encrypted
+        self._tls_pending = False  # handshake running: bytes wait in _startup_buf
+        self._auth: ProxyAuth | None = None  # the proxy authenticates the client
         self.session = Session(
             session_id=session_id,
             emit=server.sink.put,
@@ -90,6 +97,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._closed = True
         self._server.connection_closed(self)
+        if self._auth is not None:
+            self._auth.cancel()
         if self._connect_task is not None and not self._connect_task.done():
             if self._held and self._upstream_failed is None:
                 # Deliver what the client sent (e.g. a CancelRequest from a client that
@@ -114,12 +123,15 @@ class ClientConnection(asyncio.Protocol):
         config = self._server.config
         loop = asyncio.get_running_loop()
         try:
+            upstream_ctx = self._server.tls.upstream if self._server.tls else None
             transport, protocol = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: ServerConnection(self),
                     config.upstream.host,
                     config.upstream.port,
-                ),
+                )
+                if upstream_ctx is None
+                else tls.connect_upstream(lambda: ServerConnection(self), config, upstream_ctx),
                 timeout=config.connect_timeout,
             )
         except asyncio.CancelledError:
@@ -141,6 +153,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._upstream_transport = transport
         self.upstream = protocol
+        protocol.bind_client()  # the client's transport may have become TLS meanwhile
+        if upstream_ctx is not None and transport.get_extra_info("ssl_object") is not None:
+            PlusStripper(self, protocol).attach(transport)
         held, self._held = self._held, []
         for chunk in held:
             transport.write(chunk)
@@ -195,6 +210,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _negotiate(self, data: bytes) -> None:
+        if self._auth is not None:
+            self._auth.client_data(data)
+            return
+        if self._tls_pending:
+            self._startup_buf += data
+            return
         buf = self._startup_buf + data
         assert self.transport is not None
         while not self._forwarding:
@@ -214,6 +235,20 @@ class ClientConnection(asyncio.Protocol):
             if request is None:
                 self._startup_buf = buf
                 return
+            client_ctx = self._server.tls.client if self._server.tls else None
+            if request.kind is RequestKind.DIRECT_TLS and client_ctx is not None and not self.tls:
+                self._begin_tls(client_ctx, buf)
+                return
+            if request.kind is RequestKind.SSL and client_ctx is not None and not self.tls:
+                if len(buf) > request.size:  # CVE-2021-23214: nothing before the handshake
+                    self._reject(
+                        codes.SQLSTATE_PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request",
+                    )
+                    return
+                self.transport.write(b"S")
+                self._begin_tls(client_ctx, None)
+                return
             if request.kind is RequestKind.DIRECT_TLS:
                 # A TLS ClientHello cannot be answered with a PostgreSQL error.
                 self._server.stats.rejected_startups += 1
@@ -224,14 +259,85 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(b"N")
                 buf = buf[request.size :]
                 continue
-            self._forwarding = True
+            if (
+                not self.tls
+                and request.kind is not RequestKind.CANCEL
+                and self._server.config.client_tls == "require"
+            ):
+                self._reject(
+                    codes.SQLSTATE_INVALID_AUTHORIZATION,
+                    "TLS is required: dbproxy refuses unencrypted connections "
+                    "(connect with sslmode=require)",
+                )
+                return
             self._startup_buf = b""
+            if (
+                self.tls
+                and request.kind is RequestKind.STARTUP
+                and self._server.auth_source is not None
+            ):
+                self._auth = ProxyAuth(self, buf[: request.size], self._server.auth_source)
+                self._auth.start(buf[request.size :])
+                return
+            self._forwarding = True
             if request.kind is RequestKind.CANCEL:
                 self._server.stats.cancel_requests += 1
             if buf:
                 self.data_received(buf)
             self._maybe_report_upstream_failure()
             return
+
+    # ------------------------------------------------------------------ TLS (proxy/tls.py)
+    def _reject(self, sqlstate: str, message: str) -> None:
+        assert self.transport is not None
+        self._server.stats.rejected_startups += 1
+        self.transport.write(
+            messages.encode_error_response(severity="FATAL", sqlstate=sqlstate, message=message)
+        )
+        self._shutdown()
+
+    def _begin_tls(self, ctx: ssl.SSLContext, direct_first: bytes | None) -> None:
+        assert self.transport is not None
+        self._tls_pending = True
+        self._startup_buf = b""
+        if direct_first is None:
+            self.transport.pause_reading()  # the ClientHello waits for start_tls
+        asyncio.get_running_loop().create_task(self._run_tls(ctx, direct_first))
+
+    async def _run_tls(self, ctx: ssl.SSLContext, direct_first: bytes | None) -> None:
+        assert self.transport is not None
+        handshake_s = max(self._server.config.connect_timeout, tls.MIN_HANDSHAKE_S)
+        try:
+            if direct_first is None:
+                transport = await tls.start_client_tls(self.transport, self, ctx, handshake_s)
+            else:
+                transport = await tls.start_direct_tls(
+                    self.transport, self, ctx, direct_first, handshake_s
+                )
+        except (OSError, TimeoutError) as exc:
+            self._server.stats.rejected_startups += 1
+            log.info("TLS handshake with client %s failed: %s", self.peer, exc)
+            self.abort()
+            return
+        if self._closed:
+            transport.abort()
+            return
+        self.transport = transport
+        self.tls = True
+        self._tls_pending = False
+        if self.upstream is not None:
+            self.upstream.bind_client()
+        pending, self._startup_buf = self._startup_buf, b""
+        if pending:
+            self._negotiate(pending)
+
+    def auth_finished(self, client_bytes: bytes) -> None:
+        """The proxy authenticated the client: relay from now on (``proxy/auth.py``
+        already switched the upstream transport back to :class:`ServerConnection`)."""
+        self._auth = None
+        self._forwarding = True
+        if client_bytes:
+            self.data_received(client_bytes)
 
     def _observe(self, fn: object, *args: object) -> None:
         try:
@@ -274,6 +380,11 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def bind_client(self) -> None:
+        """Write to the client's current transport (it changes once, when TLS starts)."""
+        assert self._client.transport is not None
+        self._client_write = self._client.transport.write
 
     def data_received(self, data: bytes) -> None:
         # forward first, count, then observe

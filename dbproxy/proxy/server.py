@@ -11,7 +11,9 @@ import os
 from dbproxy.config import Address, ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.observe.sink import EventSink
+from dbproxy.proxy.auth import SecretSource, secret_source
 from dbproxy.proxy.pipe import ClientConnection
+from dbproxy.proxy.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,20 @@ class ProxyServer:
         self._ids = itertools.count(worker_index + 1, config.workers)
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
+        try:
+            self.tls = (
+                TlsSettings(config)
+                if config.client_tls != "disable" or config.upstream_tls != "disable"
+                else None
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"cannot load TLS certificates: {exc}") from None
+        #: where proxy-side SCRAM finds secrets (TLS on both legs), else None: passthrough
+        self.auth_source: SecretSource | None = secret_source(config)
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: re-read certificates, key and CA (a bad file keeps the old ones)."""
+        return self.tls.reload() if self.tls is not None else True
 
     @property
     def address(self) -> Address:
@@ -101,6 +117,8 @@ class ProxyServer:
                 conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        if self.auth_source is not None:
+            await self.auth_source.close()
 
     @property
     def listening(self) -> bool:

@@ -266,6 +266,7 @@ async def serve_workers(config: ProxyConfig) -> None:
     def hangup() -> None:
         if app.query_log is not None:
             app.query_log.reopen()
+        app.proxy.reload_tls()
         sent = pool.signal_all(signal.SIGHUP)
         what = "query log reopened" if app.query_log is not None else "no query log to reopen"
         log.info("SIGHUP: %s; forwarded to %d worker(s)", what, sent)

@@ -74,6 +74,7 @@ async def _serve(config: ProxyConfig, index: int, socket_path: str, parent_pid: 
             log.info("SIGHUP: query log reopened")
         else:
             log.info("SIGHUP: no query log to reopen")
+        app.proxy.reload_tls()
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     parent = multiprocessing.parent_process()
