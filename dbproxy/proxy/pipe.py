@@ -27,6 +27,7 @@ from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request
+from dbproxy.proxy.listeners import open_upstream
 
 if TYPE_CHECKING:
     from dbproxy.proxy.server import ProxyServer
@@ -74,7 +75,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self.transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        if isinstance(peer, tuple):
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        else:  # a Unix-socket client: PostgreSQL's name for it
+            self.peer = "[local]"
         self.session.client_address = self.peer
         self._server.connections.add(self)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
@@ -115,11 +119,7 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: ServerConnection(self),
-                    config.upstream.host,
-                    config.upstream.port,
-                ),
+                open_upstream(loop, lambda: ServerConnection(self), config.upstream),
                 timeout=config.connect_timeout,
             )
         except asyncio.CancelledError:
