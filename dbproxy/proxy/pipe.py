@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, cast
 from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.session import Session
-from dbproxy.protocol.startup import RequestKind, read_startup_request
+from dbproxy.protocol.startup import RequestKind, read_startup_request, replication_mode
 from dbproxy.proxy.listeners import open_upstream
 
 if TYPE_CHECKING:
@@ -228,6 +228,11 @@ class ClientConnection(asyncio.Protocol):
             self._startup_buf = b""
             if request.kind is RequestKind.CANCEL:
                 self._server.stats.cancel_requests += 1
+            elif request.kind is RequestKind.STARTUP:
+                # walsender connections are relayed without interpretation, counted here
+                mode = replication_mode(buf[: request.size])
+                if mode is not None:
+                    self._server.stats.count_replication(mode)
             if buf:
                 self.data_received(buf)
             self._maybe_report_upstream_failure()

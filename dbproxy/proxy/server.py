@@ -25,6 +25,8 @@ class ProxyStats:
         "connections_accepted",
         "observer_errors",
         "rejected_startups",
+        "replication_database",
+        "replication_physical",
         "upstream_connect_failures",
     )
 
@@ -36,6 +38,15 @@ class ProxyStats:
         self.cancel_requests = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
+        # walsender connections (relayed, not observed), by replication mode
+        self.replication_physical = 0
+        self.replication_database = 0
+
+    def count_replication(self, mode: str) -> None:
+        if mode == "database":
+            self.replication_database += 1
+        else:
+            self.replication_physical += 1
 
 
 class ProxyServer:
