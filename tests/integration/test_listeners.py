@@ -121,6 +121,9 @@ def test_psql_host_is_ipv6_only(pg_server: PgServer) -> None:
     try:
         assert str(proxy.app.proxy.address) == f"[::1]:{proxy.port}"
         assert _psql(pg_server, "-c", "SELECT 6", host="::1", port=proxy.port) == "6"
+        # the conninfo form: psql "host=::1 port=…"
+        conninfo = f"host=::1 port={proxy.port} dbname={pg_server.database}"
+        assert _psql(pg_server, conninfo, "-c", "SELECT 9", host="127.0.0.9", port=1) == "9"
     finally:
         proxy.stop()
 
