@@ -160,3 +160,24 @@ def test_pgbouncer_in_front_of_dbproxy(chain_db: PgServer) -> None:
         assert proxy.app.proxy.stats.observer_errors == 0
     finally:
         proxy.stop()
+
+
+def test_protocol_32_through_pgbouncer_118_gets_its_own_refusal(chain_db: PgServer) -> None:
+    # PgBouncer 1.18 predates protocol 3.2: the client sees PgBouncer's error, as directly
+    pg = chain_db
+    params = {"max_protocol_version": "3.2", "sslmode": "disable"}
+    with _bouncer(pg, pg.host, pg.port) as bouncer:
+        proxy = start_proxy(pg, upstream=Address(bouncer.host, bouncer.port))
+        try:
+            errors = []
+            for host, port in ((bouncer.host, bouncer.port), (proxy.host, proxy.port)):
+                with pytest.raises(psycopg.OperationalError) as caught:
+                    psycopg.connect(pg.dsn(host=host, port=port, dbname=DB, params=params))
+                errors.append(str(caught.value).rsplit("failed: ", 1)[-1])
+            assert errors[0] == errors[1]
+            assert "bad packet header" in errors[0]
+            # libpq's default (3.0) goes through the same chain
+            with psycopg.connect(proxy.dsn(dbname=DB)) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            proxy.stop()
