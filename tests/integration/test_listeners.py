@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -218,6 +219,14 @@ def test_workers_share_the_unix_socket(pg_server: PgServer, sock_dir: Path) -> N
         finally:
             for conn in conns:
                 conn.close()
+        # worker 0 stopped: worker 1 alone accepts on the inherited socket
+        os.kill(proc.proc.pid, signal.SIGSTOP)
+        try:
+            dsn = pg_server.dsn(host=str(sock_dir), port=port)
+            with psycopg.connect(dsn, connect_timeout=10) as conn:
+                assert conn.execute("SELECT 6").fetchone() == (6,)
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
     finally:
         code = proc.stop()
     assert code == 0, "".join(proc.stderr_lines)
