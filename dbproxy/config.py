@@ -799,6 +799,8 @@ def load_config(
             "detect_baseline",
         ):
             raw = ",".join(str(item) for item in raw)
+        if setting.name == "listen_unix_mode" and isinstance(raw, int):
+            raw = oct(raw)  # a TOML integer (0o770): its value, not its decimal digits
         try:
             values[setting.name] = setting.parse(str(raw))
         except ValueError as exc:

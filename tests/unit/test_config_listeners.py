@@ -58,3 +58,11 @@ def test_listen_unix_needs_an_existing_directory_and_an_octal_mode(tmp_path: Pat
         load_config({"listen_unix": "relative/dir"}, {})
     with pytest.raises(ConfigError, match="DBPROXY_LISTEN_UNIX_MODE"):
         load_config({}, {"DBPROXY_LISTEN_UNIX_MODE": "999"})
+
+
+def test_listen_unix_mode_as_a_toml_integer_or_string(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("listen_unix_mode = 0o770\n")
+    assert load_config({}, {}, str(path)).listen_unix_mode == 0o770
+    path.write_text('listen_unix_mode = "0750"\n')
+    assert load_config({}, {}, str(path)).listen_unix_mode == 0o750
