@@ -47,11 +47,60 @@ def parse_address(text: str, *, default_host: str = "127.0.0.1") -> Address:
     return Address(host or default_host, int(port_text))
 
 
+def parse_listen(text: str) -> tuple[Address, ...]:
+    """``--listen``: one or more TCP addresses, comma-separated (``127.0.0.1:6432,[::1]:6432``);
+    a later port 0 takes the first address's port."""
+    addresses = tuple(parse_address(part) for part in text.split(",") if part.strip())
+    if not addresses:
+        raise ValueError("needs at least one HOST:PORT")
+    for address in addresses:
+        if address.host.startswith("/"):
+            raise ValueError("a Unix-socket directory goes in --listen-unix DIR")
+    return addresses
+
+
+def parse_upstream(text: str) -> Address:
+    """``HOST:PORT``, ``[v6]:PORT``, or a Unix-socket directory ``/dir[:PORT]`` (as libpq's
+    ``host=/dir``: the socket is ``/dir/.s.PGSQL.PORT``, PORT 5432 when not given)."""
+    value = text.strip()
+    if value.startswith("/"):
+        directory, sep, port_text = value.rpartition(":")
+        if not sep or not port_text.isdigit():
+            directory, port_text = value, "5432"
+        if not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port must be 1-65535 in {text!r}")
+        return Address(directory.rstrip("/") or "/", int(port_text))
+    return parse_address(value)
+
+
+def _socket_dir(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute directory path")
+    if not Path(value).is_dir():
+        raise ValueError("no such directory")
+    return value.rstrip("/") or "/"
+
+
+def _file_mode(text: str) -> int:
+    value = int(text.strip(), 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError("must be an octal mode from 000 to 777, e.g. 0770")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     #: where clients connect
     listen: Address = field(default_factory=lambda: Address("127.0.0.1", 6432))
-    #: the PostgreSQL server (or pooler) the proxy forwards to
+    #: more TCP addresses (``--listen A,B,…``: ``listen`` is A); port 0: ``listen``'s port
+    listen_also: tuple[Address, ...] = ()
+    #: a directory for the Unix socket ``.s.PGSQL.<listen port>`` (``psql -h DIR``)
+    listen_unix: str | None = None
+    #: permissions of that socket (PostgreSQL's unix_socket_permissions default)
+    listen_unix_mode: int = 0o777
+    #: the PostgreSQL server (or pooler) the proxy forwards to; a host that is an absolute
+    #: path is a Unix-socket directory
     upstream: Address = field(default_factory=lambda: Address("127.0.0.1", 5432))
     #: processes accepting on the listen address (SO_REUSEPORT); worker 0 serves HTTP
     workers: int = 1
@@ -323,18 +372,34 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting(
         "listen",
         "DBPROXY_LISTEN",
-        parse_address,
+        parse_listen,
         "--listen",
-        "HOST:PORT",
-        "where clients connect (127.0.0.1:6432)",
+        "HOST:PORT[,…]",
+        "where clients connect, comma-separated, IPv6 as [::1]:6432 (127.0.0.1:6432)",
+    ),
+    _Setting(
+        "listen_unix",
+        "DBPROXY_LISTEN_UNIX",
+        _socket_dir,
+        "--listen-unix",
+        "DIR",
+        "also listen on the Unix socket DIR/.s.PGSQL.<listen port> (psql -h DIR)",
+    ),
+    _Setting(
+        "listen_unix_mode",
+        "DBPROXY_LISTEN_UNIX_MODE",
+        _file_mode,
+        "--listen-unix-mode",
+        "MODE",
+        "permissions of that socket, octal (0777; the directory's decide who gets in)",
     ),
     _Setting(
         "upstream",
         "DBPROXY_UPSTREAM",
-        parse_address,
+        parse_upstream,
         "--upstream",
-        "HOST:PORT",
-        "the PostgreSQL server (127.0.0.1:5432)",
+        "HOST:PORT|DIR[:PORT]",
+        "the PostgreSQL server, or its Unix-socket directory (127.0.0.1:5432)",
     ),
     _Setting(
         "workers",
@@ -813,16 +878,23 @@ def load_config(
                 "or use a .pgpass file"
             )
         if isinstance(raw, list) and setting.name in (
+            "listen",
             "metrics_tags",
             "inspect_exclude",
             "detect_baseline",
         ):
             raw = ",".join(str(item) for item in raw)
+        if setting.name == "listen_unix_mode" and isinstance(raw, int):
+            raw = oct(raw)  # a TOML integer (0o770): its value, not its decimal digits
         try:
             values[setting.name] = setting.parse(str(raw))
         except ValueError as exc:
             shown = "(hidden)" if setting.name in _SECRETS else repr(raw)
             raise ConfigError(f"invalid {origin} {shown}: {exc}") from None
+    if "listen" in values:  # parse_listen: the first address, and the others
+        listen = values["listen"]
+        assert isinstance(listen, tuple)
+        values["listen"], values["listen_also"] = listen[0], listen[1:]
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
     values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
     values["pyroscope_env"] = {k: v for k, v in env.items() if k.startswith("PYROSCOPE_")}

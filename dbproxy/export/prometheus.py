@@ -128,6 +128,10 @@ class ProxyCounters(Protocol):
     def bytes_from_client(self) -> int: ...
     @property
     def bytes_from_server(self) -> int: ...
+    @property
+    def replication_physical(self) -> int: ...
+    @property
+    def replication_database(self) -> int: ...
 
 
 class SinkCounters(Protocol):
@@ -443,6 +447,15 @@ class DbproxyCollector(Collector):
                 "CancelRequest packets relayed.",
                 value=p.cancel_requests,
             )
+            walsenders = CounterMetricFamily(
+                "dbproxy_replication_connections",
+                "Replication connections relayed without interpretation, by mode "
+                "(physical: replication=true; database: replication=database).",
+                labels=("mode",),
+            )
+            walsenders.add_metric(("physical",), p.replication_physical)
+            walsenders.add_metric(("database",), p.replication_database)
+            yield walsenders
             yield CounterMetricFamily(
                 "dbproxy_observer_errors",
                 "Exceptions in the observation path (the session keeps relaying bytes).",

@@ -62,6 +62,8 @@ class ProxyTotals:
     cancel_requests: int = 0
     bytes_from_client: int = 0
     bytes_from_server: int = 0
+    replication_physical: int = 0
+    replication_database: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

@@ -59,3 +59,25 @@ def read_startup_request(buf: bytes) -> StartupRequest | None:
     else:
         kind = RequestKind.UNKNOWN
     return StartupRequest(kind, length, code)
+
+
+#: values of the ``replication`` startup parameter that ask for a physical walsender
+_TRUE = frozenset(("true", "on", "yes", "1", "t", "y"))
+
+
+def replication_mode(packet: bytes) -> str | None:
+    """``"physical"`` (``replication=true``: pg_basebackup, pg_receivewal, a standby) or
+    ``"database"`` (``replication=database``: logical decoding, pg_recvlogical,
+    subscriptions) for a StartupMessage that opens a walsender; None for a regular one.
+
+    ``packet`` is the whole StartupMessage (header included)."""
+    if b"replication\x00" not in packet:
+        return None
+    parts = packet[8:].split(b"\x00")
+    for i in range(0, len(parts) - 1, 2):
+        if parts[i] == b"replication":
+            value = parts[i + 1].decode("ascii", "replace").strip().lower()
+            if value == "database":
+                return "database"
+            return "physical" if value in _TRUE else None
+    return None

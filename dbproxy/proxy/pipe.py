@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, cast
 from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.session import Session
-from dbproxy.protocol.startup import RequestKind, read_startup_request
+from dbproxy.protocol.startup import RequestKind, read_startup_request, replication_mode
 from dbproxy.proxy import tls
 from dbproxy.proxy.auth import PlusStripper, ProxyAuth
+from dbproxy.proxy.listeners import open_upstream
 
 if TYPE_CHECKING:
     from dbproxy.proxy.server import ProxyServer
@@ -81,7 +82,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self.transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        if isinstance(peer, tuple):
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        else:  # a Unix-socket client: PostgreSQL's name for it
+            self.peer = "[local]"
         self.session.client_address = self.peer
         self._server.connections.add(self)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
@@ -125,11 +129,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             upstream_ctx = self._server.tls.upstream if self._server.tls else None
             transport, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: ServerConnection(self),
-                    config.upstream.host,
-                    config.upstream.port,
-                )
+                open_upstream(loop, lambda: ServerConnection(self), config.upstream)
                 if upstream_ctx is None
                 else tls.connect_upstream(lambda: ServerConnection(self), config, upstream_ctx),
                 timeout=config.connect_timeout,
@@ -282,6 +282,11 @@ class ClientConnection(asyncio.Protocol):
             self._forwarding = True
             if request.kind is RequestKind.CANCEL:
                 self._server.stats.cancel_requests += 1
+            elif request.kind is RequestKind.STARTUP:
+                # walsender connections are relayed without interpretation, counted here
+                mode = replication_mode(buf[: request.size])
+                if mode is not None:
+                    self._server.stats.count_replication(mode)
             if buf:
                 self.data_received(buf)
             self._maybe_report_upstream_failure()

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 
 from dbproxy.config import Address, ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.observe.sink import EventSink
 from dbproxy.proxy.auth import SecretSource, secret_source
+from dbproxy.proxy.listeners import Listeners, probe
 from dbproxy.proxy.pipe import ClientConnection
 from dbproxy.proxy.tls import TlsSettings
 
@@ -28,6 +28,8 @@ class ProxyStats:
         "connections_accepted",
         "observer_errors",
         "rejected_startups",
+        "replication_database",
+        "replication_physical",
         "upstream_connect_failures",
     )
 
@@ -39,6 +41,15 @@ class ProxyStats:
         self.cancel_requests = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
+        # walsender connections (relayed, not observed), by replication mode
+        self.replication_physical = 0
+        self.replication_database = 0
+
+    def count_replication(self, mode: str) -> None:
+        if mode == "database":
+            self.replication_database += 1
+        else:
+            self.replication_physical += 1
 
 
 class ProxyServer:
@@ -49,7 +60,7 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         # session ids unique across worker processes (worker i: i+1, i+1+N, …)
         self._ids = itertools.count(worker_index + 1, config.workers)
-        self._server: asyncio.Server | None = None
+        self.listeners = Listeners(config)
         self._all_closed = asyncio.Event()
         try:
             self.tls = (
@@ -69,39 +80,26 @@ class ProxyServer:
     @property
     def address(self) -> Address:
         """Where it listens (with the real port when 0 was asked for)."""
-        assert self._server is not None and self._server.sockets
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return Address(host, port)
+        assert self.listeners.addresses
+        return self.listeners.addresses[0]
 
     def _new_connection(self) -> ClientConnection:
         self.stats.connections_accepted += 1
         return ClientConnection(self, next(self._ids))
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        listen = self.config.listen
-        try:
-            self._server = await loop.create_server(
-                self._new_connection,
-                listen.host,
-                listen.port,
-                reuse_address=True,
-                # --workers N: every worker listens on the same port; the kernel spreads
-                # new connections over them
-                reuse_port=self.config.workers > 1 or None,
-                backlog=1024,
-            )
-        except OSError as exc:
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise ConfigError(f"cannot listen on {listen}: {reason}") from None
-        log.info("dbproxy listening on %s, forwarding to %s", self.address, self.config.upstream)
+        await self.listeners.start(self._new_connection)
+        log.info(
+            "dbproxy listening on %s, forwarding to %s",
+            self.listeners.describe(),
+            self.config.upstream,
+        )
 
     async def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting, let sessions finish for ``grace_s`` seconds, then close them."""
         if grace_s is None:
             grace_s = self.config.shutdown_timeout
-        if self._server is not None:
-            self._server.close()
+        self.listeners.close()
         if self.connections:
             log.info(
                 "shutting down: waiting up to %.1fs for %d session(s)",
@@ -115,32 +113,23 @@ class ProxyServer:
             log.info("closing %d session(s) still open", len(self.connections))
             for conn in list(self.connections):
                 conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self.listeners.wait_closed()
         if self.auth_source is not None:
             await self.auth_source.close()
 
     @property
     def listening(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        return self.listeners.serving
 
     async def check_upstream(self, timeout_s: float = 1.0) -> tuple[bool, str]:
-        """Readiness: listening, and a TCP connection to the upstream opens."""
+        """Readiness: listening, and a connection to the upstream (TCP or Unix) opens."""
         if not self.listening:
             return False, "not listening"
         upstream = self.config.upstream
-        try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(upstream.host, upstream.port), timeout_s
-            )
-        except (OSError, TimeoutError) as exc:
-            errno = exc.errno if isinstance(exc, OSError) else None
-            reason = os.strerror(errno).lower() if errno else "timed out"
+        reason = await probe(upstream, timeout_s)
+        if reason is not None:
             return False, f"upstream {upstream} unreachable: {reason}"
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True, f"listening on {self.address}, upstream {upstream} reachable"
+        return True, f"listening on {self.listeners.describe()}, upstream {upstream} reachable"
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)

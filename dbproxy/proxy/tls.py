@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from dbproxy.config import ProxyConfig
 from dbproxy.protocol import codes
 from dbproxy.protocol.scram import tls_server_end_point
+from dbproxy.proxy.listeners import open_upstream
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ async def connect_upstream(
     answer: asyncio.Future[bytes] = loop.create_future()
     negotiation = _SslAnswer(answer)
     host = config.upstream.host
-    raw, _ = await loop.create_connection(lambda: negotiation, host, config.upstream.port)
+    raw, _ = await open_upstream(loop, lambda: negotiation, config.upstream)  # TCP or Unix
     transport = raw
     try:
         reply = await answer

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections import deque
@@ -67,6 +68,7 @@ class WorkerPool:
         self._clock = clock
         self.directory = tempfile.mkdtemp(prefix="dbproxy-workers-")  # mode 0700
         self._config: ProxyConfig | None = None
+        self._unix_socket: socket.socket | None = None
         self._procs: dict[int, BaseProcess] = {}
         self._recent_restarts: dict[int, deque[float]] = {}
         self._retry: dict[int, asyncio.TimerHandle] = {}
@@ -85,9 +87,11 @@ class WorkerPool:
     def pids(self) -> dict[int, int]:
         return {i: p.pid for i, p in self._procs.items() if p.pid is not None}
 
-    def start(self, config: ProxyConfig) -> None:
-        """Start workers 1..N-1 with ``config`` (its listen port already resolved)."""
+    def start(self, config: ProxyConfig, *, unix_socket: socket.socket | None = None) -> None:
+        """Start workers 1..N-1 with ``config`` (its listen port already resolved) and
+        worker 0's listening Unix socket (``--listen-unix``), which they inherit."""
         self._config = config
+        self._unix_socket = unix_socket
         for index in range(1, self._count):
             self._spawn(index)
 
@@ -98,7 +102,7 @@ class WorkerPool:
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(
             target=worker_main,
-            args=(self._config, index, self.socket_path(index), os.getpid()),
+            args=(self._config, index, self.socket_path(index), os.getpid(), self._unix_socket),
             name=f"dbproxy-worker-{index}",
             daemon=True,  # multiprocessing's exit handler also ends it
         )
@@ -253,7 +257,13 @@ async def serve_workers(config: ProxyConfig) -> None:
         pool.cleanup()
         raise
     try:
-        pool.start(dataclasses.replace(config, listen=app.proxy.address))
+        listeners = app.proxy.listeners
+        pool.start(
+            dataclasses.replace(
+                config, listen=app.proxy.address, listen_also=tuple(listeners.addresses[1:])
+            ),
+            unix_socket=listeners.unix_socket,
+        )
     except BaseException:
         pool.begin_stop()
         await asyncio.gather(app.stop(0), pool.wait_stopped(EXIT_GRACE_S))

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 
 from dbproxy.config import ProxyConfig
@@ -37,7 +38,13 @@ def _die_with_parent(parent_pid: int) -> None:
         raise SystemExit(0)
 
 
-def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: int) -> None:
+def worker_main(
+    config: ProxyConfig,
+    index: int,
+    socket_path: str,
+    parent_pid: int,
+    unix_socket: socket.socket | None = None,
+) -> None:
     _die_with_parent(parent_pid)
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
@@ -48,7 +55,7 @@ def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: i
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve(config, index, socket_path, parent_pid))
+            runner.run(_serve(config, index, socket_path, parent_pid, unix_socket))
     except ConfigError as exc:
         log.error("dbproxy worker %d: %s", index, exc)
         raise SystemExit(2) from None
@@ -56,11 +63,19 @@ def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: i
         pass
 
 
-async def _serve(config: ProxyConfig, index: int, socket_path: str, parent_pid: int) -> None:
+async def _serve(
+    config: ProxyConfig,
+    index: int,
+    socket_path: str,
+    parent_pid: int,
+    unix_socket: socket.socket | None,
+) -> None:
     from dbproxy.app import App
     from dbproxy.workers.channel import StatsChannelServer
 
     app = App(config, worker_index=index, serve_http=False)
+    if unix_socket is not None:  # --listen-unix: accept on worker 0's socket
+        app.proxy.listeners.inherit_unix(unix_socket)
     await app.start()
     channel = StatsChannelServer(socket_path, dump=app.local_dump, reset=app.aggregator.reset)
     await channel.start()

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from dbproxy.pgcluster import NoPostgresAvailable, PgServer, acquire_server
+from dbproxy.pgcluster import PgServer
 from tests.fixtures.fix_proxy import RunningProxy, start_proxy
 
 INSPECT_PASSWORD = "inspect-pw-123456"
@@ -101,15 +101,9 @@ def _row(proxy: RunningProxy, fingerprint: str) -> dict[str, Any]:
     return rows[0]
 
 
-@pytest.fixture(scope="module")
-def pg15() -> Iterator[PgServer]:
-    try:
-        with acquire_server(source="local") as server:
-            if server.version != 15:
-                pytest.fail(f"need PostgreSQL 15 from Debian, found {server.version}")
-            yield server
-    except NoPostgresAvailable as exc:
-        pytest.fail(f"PostgreSQL 15 (apt-get install postgresql-15) is needed: {exc}")
+@pytest.fixture
+def pg15(pg15_server: PgServer) -> PgServer:
+    return pg15_server  # the session's PostgreSQL 15 (tests/fixtures/fix_pg.py)
 
 
 @pytest.fixture(params=["18", "15"])

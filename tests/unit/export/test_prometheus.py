@@ -33,6 +33,8 @@ class FakeProxy:
     cancel_requests = 4
     bytes_from_client = 1000
     bytes_from_server = 5000
+    replication_physical = 6
+    replication_database = 7
 
 
 class FakeSink:
@@ -203,6 +205,9 @@ def test_transactions_connections_and_process_counters() -> None:
     }
     for name, value in plain.items():
         assert s[(name, frozenset())] == value, name
+    walsenders = "dbproxy_replication_connections_total"
+    assert s[(walsenders, labels(mode="physical"))] == 6
+    assert s[(walsenders, labels(mode="database"))] == 7
     assert s[("dbproxy_bytes_total", labels(direction="client_to_server"))] == 1000
     assert s[("dbproxy_bytes_total", labels(direction="server_to_client"))] == 5000
     assert s[("dbproxy_fingerprint_cache_hits_total", labels(cache="exact"))] == 90
