@@ -102,7 +102,7 @@ class FrameReader:
     ) -> None:
         if len(capture) != 256:
             raise ValueError("capture must have 256 entries")
-        self._capture = capture
+        self._capture: list[int] = list(capture)
         self._startup = startup
         self._error = error
         self._max_length = max_length
@@ -150,57 +150,76 @@ class FrameReader:
             data = self._pending + data
             n = len(data)
             self._pending = b""
-
+        if self._startup:
+            pos = self._feed_startup(data, pos, n, out)
+            if self._startup or pos >= n:
+                return out
+        # Typed messages: the hot loop (compiled, every name below is a native local).
         capture = self._capture
+        max_length = self._max_length
         while pos < n:
-            if self._startup:
-                if n - pos < 4:
-                    self._pending = data[pos:]
-                    break
-                (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
-                if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
-                    raise self._error(f"invalid length of startup packet: {length}")
-                msg_type = STARTUP
-                body_len = length - 4
-                body_start = pos + 4
-            else:
-                if n - pos < 5:
-                    self._pending = data[pos:]
-                    break
-                # indexing, not struct: compiled, it is a few native operations
-                msg_type = data[pos]
-                length = (
-                    (data[pos + 1] << 24)
-                    | (data[pos + 2] << 16)
-                    | (data[pos + 3] << 8)
-                    | data[pos + 4]
+            if n - pos < 5:
+                self._pending = data[pos:]
+                break
+            # indexing, not struct: compiled, it is a few native operations
+            msg_type = data[pos]
+            length = (
+                (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+            )
+            if length < 4 or length > max_length:
+                raise self._error(
+                    f"invalid message length {length} for message type {chr(msg_type)!r}"
                 )
-                if length < 4 or length > self._max_length:
-                    raise self._error(
-                        f"invalid message length {length} for message type {chr(msg_type)!r}"
-                    )
-                body_len = length - 4
-                body_start = pos + 5
+            body_len = length - 4
+            body_start = pos + 5
+            end = body_start + body_len
             limit = capture[msg_type]
             keep = limit if limit < body_len else body_len
-            end = body_start + body_len
             if end <= n:
-                body = data[body_start : body_start + keep] if keep else b""
+                out.append(
+                    (msg_type, body_len, data[body_start : body_start + keep] if keep else b"")
+                )
                 pos = end
-                if msg_type == STARTUP:
-                    self._after_startup_packet(body)
-                out.append((msg_type, body_len, body))
                 continue
-            # The body continues in later reads.
-            avail = n - body_start
-            self._type = msg_type
-            self._length = body_len
-            self._remaining = body_len - avail
-            first = keep if keep < avail else avail
-            self._body = bytearray(data[body_start : body_start + first])
-            self._cap_left = keep - first
+            self._start_partial(data, msg_type, body_len, body_start, keep)
             break
         return out
+
+    def _feed_startup(self, data: bytes, pos: int, n: int, out: list[Frame]) -> int:
+        """Untyped startup packets from ``pos``; returns where typed messages begin (or
+        ``n``), leaving ``_startup`` False once a StartupMessage went by."""
+        limit = self._capture[STARTUP]
+        while pos < n and self._startup:
+            if n - pos < 4:
+                self._pending = data[pos:]
+                return n
+            (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
+            if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
+                raise self._error(f"invalid length of startup packet: {length}")
+            body_len = length - 4
+            body_start = pos + 4
+            keep = limit if limit < body_len else body_len
+            end = body_start + body_len
+            if end > n:
+                self._start_partial(data, STARTUP, body_len, body_start, keep)
+                return n
+            body = data[body_start : body_start + keep]
+            self._after_startup_packet(body)
+            out.append((STARTUP, body_len, body))
+            pos = end
+        return pos
+
+    def _start_partial(
+        self, data: bytes, msg_type: int, body_len: int, body_start: int, keep: int
+    ) -> None:
+        """The frame's body continues in later reads."""
+        avail = len(data) - body_start
+        self._type = msg_type
+        self._length = body_len
+        self._remaining = body_len - avail
+        first = keep if keep < avail else avail
+        self._body = bytearray(data[body_start : body_start + first])
+        self._cap_left = keep - first
 
     def _finish(self, out: list[Frame], body: bytes) -> None:
         if self._type == STARTUP:
