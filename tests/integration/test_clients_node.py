@@ -145,7 +145,10 @@ AGG = "select string_agg(g::text, ',') as s from generate_series(1, $1) g /* nod
 def test_pipelined_queries(node: NodeRun) -> None:
     settled = _same_as_direct(node, "pipeline")
     assert settled[2] == {"error": "22012"}
-    assert [r["rows"] for r in settled[:2]] == [[{"doubled": 42}], [{"g": g, "tens": g * 10} for g in range(1, 6)]]
+    assert [r["rows"] for r in settled[:2]] == [
+        [{"doubled": 42}],
+        [{"g": g, "tens": g * 10} for g in range(1, 6)],
+    ]
     # Each query has its own Sync: the failure is alone, nothing around it is rolled back.
     pipeline = [e for e in node.events if isinstance(e, StatementFinished | StatementFailed)]
     pipeline = [e for e in pipeline if "/* node pipeline" in e.text]
