@@ -87,7 +87,7 @@ def _same_as_direct(jdbc: JdbcRun, scenario: str) -> str:
 
 
 def _finished(jdbc: JdbcRun, marker: str) -> list[StatementFinished]:
-    failed = [e for e in jdbc.events if isinstance(e, StatementFailed)]
+    failed = [e for e in jdbc.events if isinstance(e, StatementFailed) and marker in e.text]
     assert not failed, failed
     return [e for e in jdbc.events if isinstance(e, StatementFinished) and marker in e.text]
 
@@ -136,4 +136,40 @@ def test_prepare_threshold_server_prepared(jdbc: JdbcRun) -> None:
         THRESHOLD: Counts(8, 8),
         INSERT: Counts(20, 20),
         SUM: Counts(4, 4),
+    }
+
+
+LEFT_OPEN = "select g, g % 3 as m from generate_series(1, $1) g /* jdbc left open */"
+UNIQUE = "insert into jdbc_unique (id) values ($1)"
+AUTOSAVE = "select 100 / $1 as q /* jdbc autosave */"
+
+
+def test_suspended_portal_batch_error_autosave(jdbc: JdbcRun) -> None:
+    rows = _same_as_direct(jdbc, "failures")
+    assert '"23505 [-3, -3, -3, -3]"' in rows and '"22012"' in rows
+    statements = [
+        e
+        for e in jdbc.events
+        if isinstance(e, StatementFinished | StatementFailed) and e.text in (UNIQUE, AUTOSAVE)
+    ]
+    # The batch: two inserts, the duplicate fails, the server skips the fourth.  autosave:
+    # a SAVEPOINT before each query, ROLLBACK TO it after the failure, then the next query.
+    assert [(type(e).__name__, e.text, e.rows) for e in statements] == [
+        ("StatementFinished", UNIQUE, 1),
+        ("StatementFinished", UNIQUE, 1),
+        ("StatementFailed", UNIQUE, 0),
+        ("StatementFinished", AUTOSAVE, 1),
+        ("StatementFailed", AUTOSAVE, 0),
+        ("StatementFinished", AUTOSAVE, 1),
+    ]
+    commands = [e.command for e in jdbc.events if isinstance(e, StatementFinished)]
+    assert "ROLLBACK TO SAVEPOINT" in " ".join(e.text for e in _finished(jdbc, "PGJDBC_AUTOSAVE"))
+    assert commands.count("SAVEPOINT") >= 3
+    # The portal left open is one statement, ended when its transaction committed, with the
+    # two batches of 10 rows the server sent (the client read 12).
+    assert [(e.rows, e.in_transaction) for e in _finished(jdbc, "jdbc left open")] == [(20, True)]
+    assert counts_of(jdbc.proxy, [LEFT_OPEN, UNIQUE, AUTOSAVE]) == {
+        LEFT_OPEN: Counts(1, 20),
+        UNIQUE: Counts(3, 2, 1),
+        AUTOSAVE: Counts(3, 2, 1),
     }

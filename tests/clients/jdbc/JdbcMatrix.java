@@ -4,6 +4,7 @@
 // Each target (direct, proxy) runs every scenario on one connection and prints one line
 // per scenario: `TARGET<TAB>SCENARIO<TAB>RESULT`, RESULT being a JSON-ish list of rows that
 // the test compares between targets.  Nothing printed depends on the target.
+import java.sql.BatchUpdateException;
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
@@ -11,8 +12,11 @@ import java.sql.ResultSet;
 import java.sql.SQLException;
 import java.sql.Statement;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
+import org.postgresql.PGConnection;
 import org.postgresql.PGStatement;
+import org.postgresql.jdbc.AutoSave;
 
 public class JdbcMatrix {
     static String quote(String s) {
@@ -107,6 +111,52 @@ public class JdbcMatrix {
         print(target, "prepare_threshold", out);
     }
 
+    // A portal left suspended when its transaction commits; a batch that fails part-way
+    // (its Executes pipelined before one Sync); autosave's savepoints around a failure.
+    static void failures(Connection conn, String target) throws SQLException {
+        List<String> out = new ArrayList<>();
+        conn.setAutoCommit(false);
+        PreparedStatement open = conn.prepareStatement(
+                "select g, g % 3 as m from generate_series(1, ?) g /* jdbc left open */");
+        open.setFetchSize(10);
+        open.setInt(1, 100);
+        ResultSet ro = open.executeQuery();
+        for (int i = 0; i < 12 && ro.next(); i++) out.add(row(ro));
+        conn.commit();  // not closed: the portal ends with the transaction
+        try (Statement st = conn.createStatement()) {
+            st.execute("create temp table jdbc_unique (id int primary key)");
+        }
+        conn.commit();
+        try (PreparedStatement ins = conn.prepareStatement("insert into jdbc_unique (id) values (?)")) {
+            for (int id : new int[] {1, 2, 2, 3}) {
+                ins.setInt(1, id);
+                ins.addBatch();
+            }
+            try {
+                ins.executeBatch();
+                out.add("\"no error\"");
+            } catch (BatchUpdateException e) {
+                out.add(quote(e.getSQLState() + " " + Arrays.toString(e.getUpdateCounts())));
+            }
+        }
+        conn.rollback();
+        conn.unwrap(PGConnection.class).setAutosave(AutoSave.ALWAYS);
+        try (PreparedStatement div = conn.prepareStatement("select 100 / ? as q /* jdbc autosave */")) {
+            for (int d : new int[] {5, 0, 4}) {
+                div.setInt(1, d);
+                try (ResultSet rs = div.executeQuery()) {
+                    while (rs.next()) out.add(row(rs));
+                } catch (SQLException e) {
+                    out.add(quote(e.getSQLState()));
+                }
+            }
+        }
+        conn.commit();
+        conn.unwrap(PGConnection.class).setAutosave(AutoSave.NEVER);
+        conn.setAutoCommit(true);
+        print(target, "failures", out);
+    }
+
     public static void main(String[] args) throws Exception {
         for (String arg : args) {
             int eq = arg.indexOf('=');
@@ -114,6 +164,7 @@ public class JdbcMatrix {
             try (Connection conn = DriverManager.getConnection(url)) {
                 fetchSize(conn, target);
                 prepareThreshold(conn, target);
+                failures(conn, target);
             }
         }
     }
