@@ -380,6 +380,9 @@ class Session:
             return
         interrupted = sum(1 for p in self._pending if p.kind in (_EXECUTE, _QUERY, _FUNCTION))
         if self.observing and self.ready:
+            # portals left suspended die with the connection: report what they sent
+            for run in list(self._suspended):
+                self._finish_suspended(run)
             self._flush_batch()
         self._pending.clear()
         self._emit(

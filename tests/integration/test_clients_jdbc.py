@@ -74,7 +74,7 @@ def jdbc(pg_server: PgServer) -> Iterator[JdbcRun]:
         for line in done.stdout.splitlines():
             target, scenario, rows = line.split("\t")
             results[(target, scenario)] = rows
-        events = proxy.wait_closed(1)
+        events = proxy.wait_closed(2)  # the scenarios' connection, then "abandoned"
         yield JdbcRun(results, list(events), proxy)
     finally:
         proxy.stop()
@@ -173,3 +173,14 @@ def test_suspended_portal_batch_error_autosave(jdbc: JdbcRun) -> None:
         UNIQUE: Counts(3, 2, 1),
         AUTOSAVE: Counts(3, 2, 1),
     }
+
+
+ABANDONED = "select g, -g as neg from generate_series(1, $1) g /* jdbc abandoned */"
+
+
+def test_connection_closed_with_portal_suspended(jdbc: JdbcRun) -> None:
+    rows = _same_as_direct(jdbc, "abandoned")
+    assert rows == '[["1","-1"],["2","-2"],["3","-3"]]'
+    # The portal died with the connection: still one statement, with the 10 rows it sent.
+    assert [(e.rows, e.in_transaction) for e in _finished(jdbc, "jdbc abandoned")] == [(10, True)]
+    assert counts_of(jdbc.proxy, [ABANDONED]) == {ABANDONED: Counts(1, 10)}

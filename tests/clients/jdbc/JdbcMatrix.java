@@ -157,6 +157,22 @@ public class JdbcMatrix {
         print(target, "failures", out);
     }
 
+    // A connection closed with a portal suspended in an open transaction (on a connection
+    // of its own: what it printed is compared, the statement must still be counted).
+    static void abandoned(String url, String target) throws SQLException {
+        List<String> out = new ArrayList<>();
+        try (Connection conn = DriverManager.getConnection(url)) {
+            conn.setAutoCommit(false);
+            PreparedStatement ps = conn.prepareStatement(
+                    "select g, -g as neg from generate_series(1, ?) g /* jdbc abandoned */");
+            ps.setFetchSize(10);
+            ps.setInt(1, 100);
+            ResultSet rs = ps.executeQuery();
+            for (int i = 0; i < 3 && rs.next(); i++) out.add(row(rs));
+        }  // Connection.close() sends Terminate; the server drops the portal and rolls back
+        print(target, "abandoned", out);
+    }
+
     public static void main(String[] args) throws Exception {
         for (String arg : args) {
             int eq = arg.indexOf('=');
@@ -166,6 +182,7 @@ public class JdbcMatrix {
                 prepareThreshold(conn, target);
                 failures(conn, target);
             }
+            abandoned(url, target);
         }
     }
 }
