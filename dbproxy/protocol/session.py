@@ -840,8 +840,8 @@ class Session:
         self._implicit.clear()
 
     def _finish_suspended(self, run: _Run) -> None:
-        """A portal left suspended is gone (closed, replaced, or its transaction ended):
-        report it with the rows fetched so far, as of its last Execute."""
+        """A portal left suspended is gone (closed, replaced, its transaction or connection
+        ended): report it with the rows fetched so far, as of its last Execute."""
         if run not in self._suspended:
             return
         self._suspended.remove(run)
