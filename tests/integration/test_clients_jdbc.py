@@ -108,6 +108,8 @@ def test_fetch_size_in_transaction(jdbc: JdbcRun) -> None:
         (FETCH_A, 95, True),
         (FETCH_EARLY, 20, True),  # closed after two batches: the rows the server sent
     ]
+    # PgJDBC runs a fetch-size query in a named portal (C_n), not the unnamed one.
+    assert all(e.portal_name for e in _finished(jdbc, "jdbc fetch"))
     assert counts_of(jdbc.proxy, [FETCH_A, FETCH_B, FETCH_EARLY]) == {
         FETCH_A: Counts(1, 95),
         FETCH_B: Counts(1, 30),
