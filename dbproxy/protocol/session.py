@@ -380,6 +380,9 @@ class Session:
             return
         interrupted = sum(1 for p in self._pending if p.kind in (_EXECUTE, _QUERY, _FUNCTION))
         if self.observing and self.ready:
+            # portals left suspended die with the connection: report what they sent
+            for run in list(self._suspended):
+                self._finish_suspended(run)
             self._flush_batch()
         self._pending.clear()
         self._emit(
@@ -837,8 +840,8 @@ class Session:
         self._implicit.clear()
 
     def _finish_suspended(self, run: _Run) -> None:
-        """A portal left suspended is gone (closed, replaced, or its transaction ended):
-        report it with the rows fetched so far, as of its last Execute."""
+        """A portal left suspended is gone (closed, replaced, its transaction or connection
+        ended): report it with the rows fetched so far, as of its last Execute."""
         if run not in self._suspended:
             return
         self._suspended.remove(run)

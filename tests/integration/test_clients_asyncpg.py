@@ -17,6 +17,7 @@ from dbproxy.protocol.events import (
     TransactionFinished,
 )
 from tests.fixtures.fix_proxy import RunningProxy
+from tests.fixtures.query_counts import Counts, counts_of
 
 
 @pytest.fixture
@@ -72,6 +73,7 @@ async def test_executemany_one_event_per_row(proxy: RunningProxy, conn: asyncpg.
     # asyncpg binds the one prepared statement for every row.
     assert len({e.statement_name for e in inserts}) == 1
     assert not any(e.rolled_back for e in inserts)
+    assert counts_of(proxy, [inserts[0].text]) == {inserts[0].text: Counts(25, 25)}
 
 
 async def test_prepared_statement_reused(proxy: RunningProxy, conn: asyncpg.Connection) -> None:
@@ -211,3 +213,4 @@ async def test_cursor_prefetch_is_one_statement(
     assert select.text == "select g from generate_series(1, 10) g"
     assert select.protocol == "extended" and select.in_transaction
     assert select.portal_name  # a named portal, executed 3 rows at a time
+    assert counts_of(proxy, [select.text]) == {select.text: Counts(1, 10)}

