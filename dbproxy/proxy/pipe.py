@@ -27,6 +27,7 @@ from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request
+from dbproxy.proxy import limits
 
 if TYPE_CHECKING:
     from dbproxy.proxy.server import ProxyServer
@@ -57,6 +58,9 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_failed: str | None = None
         self._closed = False
         self._connect_task: asyncio.Task[None] | None = None
+        # over --max-client-connections: answered 53300 at its startup packet
+        self._over_limit = False
+        self._startup_timer: asyncio.TimerHandle | None = None
         self.session = Session(
             session_id=session_id,
             emit=server.sink.put,
@@ -76,11 +80,21 @@ class ClientConnection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.session.client_address = self.peer
-        self._server.connections.add(self)
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
+        loop = asyncio.get_running_loop()
+        config = self._server.config  # read now: a reload replaces it
+        limit = config.max_client_connections
+        if limit and len(self._server.connections) >= limit:
+            self._over_limit = True  # no upstream, not counted; a CancelRequest still passes
+        else:
+            self._server.connections.add(self)
+            self._connect_task = loop.create_task(self._connect_upstream())
+        self._startup_timer = loop.call_later(config.startup_timeout, self._startup_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._shutdown()
+        if not self._closed and self._upstream_transport is not None and self._statement_running():
+            self._cancel_then_close()
+        else:
+            self._shutdown()
 
     def eof_received(self) -> bool | None:
         return False  # close our side; connection_lost closes the upstream
@@ -90,6 +104,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._closed = True
         self._server.connection_closed(self)
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
         if self._connect_task is not None and not self._connect_task.done():
             if self._held and self._upstream_failed is None:
                 # Deliver what the client sent (e.g. a CancelRequest from a client that
@@ -109,6 +125,60 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream_transport is not None:
             self._upstream_transport.abort()
         self._shutdown()
+
+    # ------------------------------------------------------------------ limits and faults
+    def close_with_error(self, sqlstate: str, message: str) -> bool:
+        """Say FATAL ``sqlstate`` to the client and close both sides.  The error is written
+        only when the server→client stream is at a message boundary (else the client would
+        read it inside a message): otherwise the connection just closes.  True when said."""
+        if self._closed or self.transport is None:
+            return False
+        said = self.session.server_at_message_boundary()
+        if said:
+            self.transport.write(limits.fatal(sqlstate, message))
+        else:
+            self._server.limit_stats.errors_withheld += 1
+        self._shutdown()
+        return said
+
+    def _startup_timed_out(self) -> None:
+        self._startup_timer = None
+        if self._forwarding or self._closed:
+            return
+        self._server.limit_stats.startup_timeouts += 1
+        log.debug("client %s sent no startup packet in time", self.peer)
+        self.close_with_error(codes.SQLSTATE_PROTOCOL_VIOLATION, limits.STARTUP_TIMEOUT)
+
+    def _statement_running(self) -> bool:
+        """A statement may be running on the backend (unknown counts as yes)."""
+        session = self.session
+        if session.is_cancel_request or not session.ready or not session.backend_pid:
+            return False
+        if not session.observing:
+            return True
+        current = session.current_statement()
+        return current is not None and current.active
+
+    def _cancel_then_close(self) -> None:
+        """The client vanished mid-statement: cancel it, then close the upstream, so the
+        backend ends now rather than when it next writes."""
+        upstream = self._upstream_transport
+        assert upstream is not None
+        self._upstream_transport = None  # _shutdown leaves it to the task below
+        upstream.pause_reading()  # the rest of the result has nowhere to go
+        self._server.limit_stats.cancels_on_client_loss += 1
+        self._shutdown()
+        config, stats = self._server.config, self._server.limit_stats
+        pid, key = self.session.backend_pid, self.session.backend_key
+
+        async def cancel_and_close() -> None:
+            try:
+                if not await limits.send_cancel_request(config, pid, key):
+                    stats.cancels_failed += 1
+            finally:
+                upstream.close()
+
+        self._server.spawn(cancel_and_close())
 
     async def _connect_upstream(self) -> None:
         config = self._server.config
@@ -226,8 +296,21 @@ class ClientConnection(asyncio.Protocol):
                 continue
             self._forwarding = True
             self._startup_buf = b""
+            if self._startup_timer is not None:
+                self._startup_timer.cancel()
+                self._startup_timer = None
             if request.kind is RequestKind.CANCEL:
                 self._server.stats.cancel_requests += 1
+            if self._over_limit:
+                if request.kind is not RequestKind.CANCEL:
+                    self._server.limit_stats.too_many_connections += 1
+                    self.transport.write(
+                        limits.fatal(codes.SQLSTATE_TOO_MANY_CONNECTIONS, limits.TOO_MANY_CLIENTS)
+                    )
+                    self._shutdown()
+                    return
+                loop = asyncio.get_running_loop()
+                self._connect_task = loop.create_task(self._connect_upstream())
             if buf:
                 self.data_received(buf)
             self._maybe_report_upstream_failure()
@@ -257,7 +340,16 @@ class ClientConnection(asyncio.Protocol):
 
     # called by the server side
     def server_closed(self) -> None:
-        self._shutdown()
+        """The upstream connection ended.  Unless the server said FATAL itself (admin
+        shutdown, terminate, auth failure), the client gets 08006 from the proxy."""
+        if self._closed:
+            return
+        session = self.session
+        if session.is_cancel_request or session.fatal_received or not self._forwarding:
+            self._shutdown()
+            return
+        self._server.limit_stats.upstream_lost += 1
+        self.close_with_error(codes.SQLSTATE_CONNECTION_FAILURE, limits.UPSTREAM_LOST)
 
 
 class ServerConnection(asyncio.Protocol):

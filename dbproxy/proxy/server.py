@@ -7,10 +7,13 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Coroutine
 
 from dbproxy.config import Address, ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.observe.sink import EventSink
+from dbproxy.protocol import codes
+from dbproxy.proxy import limits
 from dbproxy.proxy.pipe import ClientConnection
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,12 @@ class ProxyServer:
         self.config = config
         self.sink = sink
         self.stats = ProxyStats()
+        self.limit_stats = limits.LimitStats()
         self.connections: set[ClientConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # cancels in flight, the idle reaper
+        self.reaper = limits.IdleReaper(
+            lambda: self.config, lambda: self.connections, self.limit_stats
+        )
         # session ids unique across worker processes (worker i: i+1, i+1+N, …)
         self._ids = itertools.count(worker_index + 1, config.workers)
         self._server: asyncio.Server | None = None
@@ -78,7 +86,14 @@ class ProxyServer:
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise ConfigError(f"cannot listen on {listen}: {reason}") from None
+        self.spawn(self.reaper.run())
         log.info("dbproxy listening on %s, forwarding to %s", self.address, self.config.upstream)
+
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Run a background task of the proxy, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting, let sessions finish for ``grace_s`` seconds, then close them."""
@@ -97,8 +112,14 @@ class ProxyServer:
                 await asyncio.wait_for(self._all_closed.wait(), grace_s)
         if self.connections:
             log.info("closing %d session(s) still open", len(self.connections))
+            loop = asyncio.get_running_loop()
             for conn in list(self.connections):
-                conn.abort()
+                # 57P01 as the server says it, at a message boundary; a client that does
+                # not read it within a second is cut
+                conn.close_with_error(codes.SQLSTATE_ADMIN_SHUTDOWN, limits.ADMIN_SHUTDOWN)
+                loop.call_later(1.0, conn.abort)
+        for task in list(self._tasks):
+            task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
 
