@@ -265,6 +265,7 @@ class Session:
         self.backend_pid = 0
         self.backend_key = b""  # BackendKeyData's secret (4 bytes; longer in protocol 3.2)
         self.fatal_received = False  # the server sent a FATAL/PANIC ErrorResponse
+        self.terminated = False  # the client sent Terminate
         self.protocol_version = (3, 0)
         self.is_cancel_request = False
         self.client_address = ""  # set by the proxy, which owns the socket
@@ -515,7 +516,9 @@ class Session:
             self._pending.append(_Pending(_FUNCTION, run, now))
         elif msg_type == STARTUP:
             self._on_startup_packet(body)
-        # Flush, CopyData/Done/Fail, password messages and Terminate need no state.
+        elif msg_type == codes.TERMINATE:
+            self.terminated = True  # the server closing next is no fault
+        # Flush, CopyData/Done/Fail and password messages need no state.
 
     def _start_group(self, now: int) -> None:
         if not self._group_start_ns:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 _monotonic_ns = time.monotonic_ns
 #: Client bytes held while the upstream connection opens before reading pauses.
 _MAX_HELD_BYTES = 256 * 1024
+#: Seconds a closing client connection has to take what was written to it.
+_FLUSH_ON_CLOSE_S = 5.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -91,13 +93,19 @@ class ClientConnection(asyncio.Protocol):
         self._startup_timer = loop.call_later(config.startup_timeout, self._startup_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._client_gone()
+
+    def eof_received(self) -> bool | None:
+        # The client is gone (or half-closed: the server too ends a session at EOF).  Act
+        # now: connection_lost waits for our write buffer, which a dead client never drains.
+        self._client_gone()
+        return False
+
+    def _client_gone(self) -> None:
         if not self._closed and self._upstream_transport is not None and self._statement_running():
             self._cancel_then_close()
         else:
             self._shutdown()
-
-    def eof_received(self) -> bool | None:
-        return False  # close our side; connection_lost closes the upstream
 
     def _shutdown(self) -> None:
         if self._closed:
@@ -116,7 +124,10 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream_transport is not None:
             self._upstream_transport.close()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.close()  # flushes what the client has not read yet…
+            if self.transport.get_write_buffer_size():
+                # … for a while: a client that never reads again is cut
+                asyncio.get_running_loop().call_later(_FLUSH_ON_CLOSE_S, self.transport.abort)
         self._observe(self.session.close, _monotonic_ns())
 
     def abort(self) -> None:
@@ -345,7 +356,12 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         session = self.session
-        if session.is_cancel_request or session.fatal_received or not self._forwarding:
+        if (
+            session.is_cancel_request
+            or session.fatal_received
+            or session.terminated
+            or not self._forwarding
+        ):
             self._shutdown()
             return
         self._server.limit_stats.upstream_lost += 1
