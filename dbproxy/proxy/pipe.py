@@ -63,6 +63,7 @@ class ClientConnection(asyncio.Protocol):
         # over --max-client-connections: answered 53300 at its startup packet
         self._over_limit = False
         self._startup_timer: asyncio.TimerHandle | None = None
+        self._client_eof = False  # the client half-closed; the server's close is expected
         self.session = Session(
             session_id=session_id,
             emit=server.sink.put,
@@ -96,8 +97,20 @@ class ClientConnection(asyncio.Protocol):
         self._client_gone()
 
     def eof_received(self) -> bool | None:
-        # The client is gone (or half-closed: the server too ends a session at EOF).  Act
-        # now: connection_lost waits for our write buffer, which a dead client never drains.
+        upstream = self._upstream_transport
+        if (
+            not self._closed
+            and upstream is not None
+            and not self._statement_running()
+            and upstream.can_write_eof()
+        ):
+            # Half-close, passed on: the server answers what it got, sees EOF, ends the
+            # session and closes; its answer still reaches the client.
+            self._client_eof = True
+            upstream.write_eof()
+            return True
+        # Gone mid-statement (or before the upstream was up): act now, since
+        # connection_lost waits for our write buffer, which a dead client never drains.
         self._client_gone()
         return False
 
@@ -360,6 +373,7 @@ class ClientConnection(asyncio.Protocol):
             session.is_cancel_request
             or session.fatal_received
             or session.terminated
+            or self._client_eof
             or not self._forwarding
         ):
             self._shutdown()

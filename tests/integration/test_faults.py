@@ -188,8 +188,14 @@ def test_upstream_stopped_immediately_and_restarted_during_pgbench(
             stderr=subprocess.PIPE,
             text=True,
         )
+        idle = psycopg.connect(proxy.dsn(), sslmode="disable", autocommit=True)
         time.sleep(2)
         own_cluster._pg_ctl("stop", "-D", str(own_cluster.datadir), "-m", "immediate", "-w")
+        # an idle session hears it from the proxy, at a message boundary: 08006
+        with pytest.raises(psycopg.OperationalError) as lost:
+            idle.execute("select 1")
+        idle.close()
+        assert "dbproxy lost the connection to the upstream server" in str(lost.value)
         out, err = bench.communicate(timeout=30)
         assert bench.returncode != 0, out + err  # pgbench saw the server go away
         assert "aborted" in err or "closed the connection" in err or "terminat" in err, err
@@ -336,3 +342,27 @@ def test_a_client_that_stops_reading_a_1gb_result_keeps_the_proxy_rss_bounded(
             reader.close()
         proc.terminate()
         proc.wait(15)
+
+
+def test_an_error_the_proxy_must_say_mid_message_is_withheld(pg_server: PgServer) -> None:
+    """At shutdown a client stalled inside a 50 MB DataRow gets the bytes relayed so far
+    and a close, never a 57P01 spliced into the row."""
+    proxy = start_proxy(pg_server)
+    conn = psycopg.connect(proxy.dsn(), sslmode="disable", autocommit=True)
+    try:
+        conn.pgconn.send_query(b"select repeat('x', 50000000)")
+        deadline = time.monotonic() + 10
+        while proxy.server.stats.bytes_from_server < 1_000_000:  # mid-row, the client not reading
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proxy.stop(grace_s=0.1)
+        assert proxy.server.limit_stats.errors_withheld == 1
+        received = bytearray()
+        fd = conn.pgconn.socket
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, 1 << 20):
+            received += chunk
+        assert 1_000_000 < len(received) < 50_000_000  # cut inside the row
+        assert b"administrator command" not in received
+    finally:
+        conn.close()
