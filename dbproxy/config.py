@@ -208,6 +208,13 @@ def _workers(text: str) -> int:
     return value
 
 
+def _above_zero(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise ValueError("must be > 0")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -367,7 +374,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting(
         "startup_timeout",
         "DBPROXY_STARTUP_TIMEOUT",
-        _positive_float,
+        _above_zero,
         "--startup-timeout",
         "SECONDS",
         "time a client has to send its startup packet (10)",
