@@ -366,3 +366,39 @@ def test_an_error_the_proxy_must_say_mid_message_is_withheld(pg_server: PgServer
         assert b"administrator command" not in received
     finally:
         conn.close()
+
+
+def test_exporter_down_and_a_full_sink_are_counted_and_clients_are_unaffected(
+    pg_server: PgServer,
+) -> None:
+    """The observation pipeline failing: the OTLP collector is down (its export queue
+    fills and spans are dropped), and the event sink is too small for the load."""
+    dead = free_port()
+    proxy = start_proxy(
+        pg_server,
+        trace=True,
+        trace_untraced_ratio=1.0,
+        trace_queue_size=8,
+        sink_capacity=4,
+        otel_env={
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{dead}/v1/traces",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1000",
+        },
+    )
+    try:
+        with psycopg.connect(proxy.dsn(), sslmode="disable", autocommit=True) as conn:
+            for i in range(2000):
+                assert conn.execute("select %s::int + 1", (i,)).fetchone() == (i + 1,)
+                if i % 200 == 0:
+                    proxy.drain_now()  # spans are built at drain: keep the export queue busy
+        assert _metric(proxy, "dbproxy_events_dropped_total") > 0
+        deadline = time.monotonic() + 10
+        while _metric(proxy, "dbproxy_spans_dropped_total") == 0:
+            assert time.monotonic() < deadline, "no span was dropped with the collector down"
+            time.sleep(0.1)
+        assert proxy.server.stats.observer_errors == 0
+        # still serving
+        with psycopg.connect(proxy.dsn(), sslmode="disable") as again:
+            assert again.execute("select 'ok'").fetchone() == ("ok",)
+    finally:
+        proxy.stop()
