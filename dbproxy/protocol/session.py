@@ -348,6 +348,10 @@ class Session:
         the client now cannot land inside one.  False when unknown (not observing)."""
         return self.observing and not self._server.mid_frame
 
+    def server_rest_of_frame(self) -> tuple[int, bytes] | None:
+        """:meth:`FrameReader.rest_of_frame` of the server's stream; None when unknown."""
+        return self._server.rest_of_frame() if self.observing else None
+
     def idle_since(self) -> tuple[int, bool] | None:
         """``(ns, in_transaction)``: when the session went idle at its last ReadyForQuery
         (the clock it is fed with) and whether inside a transaction block; None while a

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from dbproxy.protocol import codes, messages
+from dbproxy.protocol.boundary import BoundaryFinder
 
 if TYPE_CHECKING:
     from dbproxy.config import ProxyConfig
@@ -108,6 +109,44 @@ async def send_cancel_request(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+class FinishMessage(asyncio.Protocol):
+    """Replaces the upstream connection's protocol when the proxy must say ``then`` while
+    the server is inside a message: relays up to that message's end, writes ``then``, and
+    calls ``done`` (which closes both sides)."""
+
+    def __init__(
+        self,
+        client_write: Callable[[bytes], object],
+        finder: BoundaryFinder,
+        then: bytes,
+        done: Callable[[], None],
+    ) -> None:
+        self._write = client_write
+        self._finder = finder
+        self._then = then
+        self._done = done
+        self._finished = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._finished:
+            return
+        end = self._finder.feed(data)
+        if end is None:
+            self._write(data)
+            return
+        self._write(data[:end])
+        self._write(self._then)
+        self._finished = True
+        self._done()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finished = True
+        self._done()
 
 
 class IdleReaper:

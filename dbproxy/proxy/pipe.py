@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
+from dbproxy.protocol.boundary import BoundaryFinder
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request
 from dbproxy.proxy import limits
@@ -151,19 +152,34 @@ class ClientConnection(asyncio.Protocol):
         self._shutdown()
 
     # ------------------------------------------------------------------ limits and faults
-    def close_with_error(self, sqlstate: str, message: str) -> bool:
+    def close_with_error(
+        self, sqlstate: str, message: str, *, finish_message: bool = False
+    ) -> bool:
         """Say FATAL ``sqlstate`` to the client and close both sides.  The error is written
-        only when the server→client stream is at a message boundary (else the client would
-        read it inside a message): otherwise the connection just closes.  True when said."""
+        only at a message boundary of the server→client stream (else the client would read
+        it inside a message).  Mid-message, with ``finish_message`` and a live upstream,
+        the rest of that message is relayed first (the connection closes when it has);
+        otherwise the connection just closes.  True when the error is (or will be) said."""
         if self._closed or self.transport is None:
             return False
-        said = self.session.server_at_message_boundary()
-        if said:
-            self.transport.write(limits.fatal(sqlstate, message))
-        else:
-            self._server.limit_stats.errors_withheld += 1
+        error = limits.fatal(sqlstate, message)
+        if self.session.server_at_message_boundary():
+            self.transport.write(error)
+            self._shutdown()
+            return True
+        rest = self.session.server_rest_of_frame() if finish_message else None
+        upstream = self._upstream_transport
+        if rest is not None and upstream is not None and not upstream.is_closing():
+            self.transport.pause_reading()  # what the client sends now would go nowhere
+            upstream.set_protocol(
+                limits.FinishMessage(
+                    self.transport.write, BoundaryFinder(*rest), error, self._shutdown
+                )
+            )
+            return True
+        self._server.limit_stats.errors_withheld += 1
         self._shutdown()
-        return said
+        return False
 
     def _startup_timed_out(self) -> None:
         self._startup_timer = None

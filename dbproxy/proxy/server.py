@@ -18,6 +18,9 @@ from dbproxy.proxy.pipe import ClientConnection
 
 log = logging.getLogger(__name__)
 
+#: At shutdown, seconds a session inside a server message has to finish it before its 57P01.
+_FINISH_MESSAGE_S = 5.0
+
 
 class ProxyStats:
     """Plain counters of the proxy itself (observation problems included)."""
@@ -112,12 +115,27 @@ class ProxyServer:
                 await asyncio.wait_for(self._all_closed.wait(), grace_s)
         if self.connections:
             log.info("closing %d session(s) still open", len(self.connections))
-            loop = asyncio.get_running_loop()
+            closing = list(self.connections)
+            deadline = asyncio.get_running_loop().time() + _FINISH_MESSAGE_S
+            for conn in closing:
+                # 57P01 as the server says it, at a message boundary: mid-message, after
+                # the rest of that message (for at most _FINISH_MESSAGE_S)
+                conn.close_with_error(
+                    codes.SQLSTATE_ADMIN_SHUTDOWN, limits.ADMIN_SHUTDOWN, finish_message=True
+                )
+            if self.connections:
+                self._all_closed.clear()
+                with contextlib.suppress(TimeoutError):
+                    left = deadline - asyncio.get_running_loop().time()
+                    await asyncio.wait_for(self._all_closed.wait(), max(left, 0.0))
             for conn in list(self.connections):
-                # 57P01 as the server says it, at a message boundary; a client that does
-                # not read it within a second is cut
-                conn.close_with_error(codes.SQLSTATE_ADMIN_SHUTDOWN, limits.ADMIN_SHUTDOWN)
-                loop.call_later(1.0, conn.abort)
+                self.limit_stats.errors_withheld += 1
+                conn.abort()
+            # let the last bytes and the 57P01 reach clients that read them
+            while asyncio.get_running_loop().time() < deadline and any(
+                c.transport is not None and c.transport.get_write_buffer_size() for c in closing
+            ):
+                await asyncio.sleep(0.02)
         for task in list(self._tasks):
             task.cancel()
         if self._server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -344,28 +345,74 @@ def test_a_client_that_stops_reading_a_1gb_result_keeps_the_proxy_rss_bounded(
         proc.wait(15)
 
 
-def test_an_error_the_proxy_must_say_mid_message_is_withheld(pg_server: PgServer) -> None:
-    """At shutdown a client stalled inside a 50 MB DataRow gets the bytes relayed so far
-    and a close, never a 57P01 spliced into the row."""
+def _messages(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Split a server→client stream into (type, body prefix); the last may be cut."""
+    out, pos = [], 0
+    while pos + 5 <= len(data):
+        (length,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((data[pos : pos + 1], data[pos + 5 : min(pos + 1 + length, pos + 200)]))
+        pos += 1 + length
+    assert pos == len(data), f"the stream ends inside a message ({pos - len(data)} bytes short)"
+    return out
+
+
+def test_shutdown_mid_message_says_57p01_after_that_message(pg_server: PgServer) -> None:
+    """A client stalled inside a 50 MB DataRow at shutdown gets the rest of the row, then
+    57P01: never an error spliced into the row."""
     proxy = start_proxy(pg_server)
     conn = psycopg.connect(proxy.dsn(), sslmode="disable", autocommit=True)
     try:
-        conn.pgconn.send_query(b"select repeat('x', 50000000)")
+        conn.pgconn.send_query(b"select repeat('x', 50000000) from generate_series(1, 3)")
         deadline = time.monotonic() + 10
         while proxy.server.stats.bytes_from_server < 1_000_000:  # mid-row, the client not reading
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        proxy.stop(grace_s=0.1)
-        assert proxy.server.limit_stats.errors_withheld == 1
+        stopper = threading.Thread(target=proxy.stop, kwargs={"grace_s": 0.1})
+        stopper.start()
+        time.sleep(0.5)  # the grace is over: the proxy now finishes the row
         received = bytearray()
         fd = conn.pgconn.socket
         os.set_blocking(fd, True)
         while chunk := os.read(fd, 1 << 20):
             received += chunk
-        assert 1_000_000 < len(received) < 50_000_000  # cut inside the row
-        assert b"administrator command" not in received
+        stopper.join(15)
+        messages = _messages(bytes(received))
+        kinds = [kind for kind, _ in messages]
+        assert b"D" in kinds and kinds[-1] == b"E", kinds[-5:]
+        assert b"C57P01" in messages[-1][1]
+        assert kinds.count(b"D") < 3  # cut after a row, not at the end of the result
+        assert proxy.server.limit_stats.errors_withheld == 0
     finally:
         conn.close()
+
+
+def test_an_error_that_cannot_wait_for_a_boundary_is_withheld(pg_server: PgServer) -> None:
+    """The upstream dies mid-row (terminated from another session while the client is
+    stalled inside a 50 MB DataRow): no 08006 spliced into the row, just a close."""
+    proxy = start_proxy(pg_server)
+    conn = psycopg.connect(proxy.dsn(), sslmode="disable", autocommit=True)
+    try:
+        pid = conn.info.backend_pid
+        conn.pgconn.send_query(b"select repeat('x', 50000000)")
+        deadline = time.monotonic() + 10
+        while proxy.server.stats.bytes_from_server < 1_000_000:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with _admin(pg_server) as admin:
+            # SIGKILL-like: the backend cannot finish its message; kill it hard
+            admin.execute("select pg_terminate_backend(%s)", (pid,))
+        received = bytearray()
+        fd = conn.pgconn.socket
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, 1 << 20):
+            received += chunk
+        assert b"dbproxy lost the connection" not in received
+        assert 1_000_000 < len(received) < 50_000_000  # the row, cut
+        assert proxy.server.limit_stats.upstream_lost == 1
+        assert proxy.server.limit_stats.errors_withheld == 1
+    finally:
+        conn.close()
+        proxy.stop()
 
 
 def test_exporter_down_and_a_full_sink_are_counted_and_clients_are_unaffected(
