@@ -150,9 +150,7 @@ class App:
         self.registry.register(self.collector)
         from dbproxy.export.limits import LimitsCollector
 
-        self.registry.register(
-            LimitsCollector(self.proxy.limit_stats, lambda: len(self.proxy.connections))
-        )
+        self.registry.register(LimitsCollector(self.proxy.limit_stats))
         self.inspector = _build_inspector(config, self.fingerprinter)
         extra_routes: list[Route] = []
         row_extras: RowExtras | None = None

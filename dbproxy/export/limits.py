@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -29,21 +29,15 @@ class LimitCounters(Protocol):
 
 
 class LimitsCollector(Collector):
-    """Counters read at scrape time; ``client_connections`` is the open session count."""
+    """Counters read at scrape time (open sessions: ``dbproxy_client_connections``)."""
 
-    def __init__(self, stats: LimitCounters, client_connections: Callable[[], int]) -> None:
+    def __init__(self, stats: LimitCounters) -> None:
         self._stats = stats
-        self._client_connections = client_connections
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
-        yield GaugeMetricFamily(
-            "dbproxy_client_connections",
-            "Client sessions open (what --max-client-connections limits).",
-            value=self._client_connections(),
-        )
         rejected = CounterMetricFamily(
-            "dbproxy_client_connections_closed_by_limit",
+            "dbproxy_connections_closed_by_limit",
             "Client connections the proxy ended itself, by limit: too_many (53300), "
             "startup_timeout (08P01), idle (57P05), idle_in_transaction (25P03).",
             labels=("limit",),

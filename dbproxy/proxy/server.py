@@ -132,10 +132,10 @@ class ProxyServer:
                 self.limit_stats.errors_withheld += 1
                 conn.abort()
             # let the last bytes and the 57P01 reach clients that read them
-            while asyncio.get_running_loop().time() < deadline and any(
+            while asyncio.get_running_loop().time() < deadline and any(  # noqa: ASYNC110
                 c.transport is not None and c.transport.get_write_buffer_size() for c in closing
             ):
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # transports signal no "flushed" event to wait on
         for task in list(self._tasks):
             task.cancel()
         if self._server is not None:

@@ -8,6 +8,7 @@ import asyncio
 import socket
 import struct
 import time
+import urllib.request
 from dataclasses import replace
 
 import asyncpg
@@ -49,6 +50,9 @@ def test_max_client_connections_answers_53300_and_frees_a_slot(pg_server: PgServ
             psycopg.connect(proxy.dsn(), sslmode="disable")
         assert "sorry, too many clients already" in str(info.value)
         assert proxy.server.limit_stats.too_many_connections == 1
+        with urllib.request.urlopen(f"{proxy.http_url}/metrics", timeout=10) as r:
+            scrape = r.read().decode()
+        assert 'dbproxy_connections_closed_by_limit_total{limit="too_many"} 1.0' in scrape
         # the three still work; closing one lets a new client in
         for conn in conns:
             assert conn.execute("select 1").fetchone() == (1,)
