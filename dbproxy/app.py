@@ -148,6 +148,9 @@ class App:
             query_log=self.merged.query_log if self.merged else self.query_log,
         )
         self.registry.register(self.collector)
+        from dbproxy.export.limits import LimitsCollector
+
+        self.registry.register(LimitsCollector(self.proxy.limit_stats))
         self.inspector = _build_inspector(config, self.fingerprinter)
         extra_routes: list[Route] = []
         row_extras: RowExtras | None = None

@@ -120,6 +120,14 @@ class ProxyConfig:
     #: … or a query run on a side connection (auth_dsn) returning (user, secret)
     auth_query: str = "SELECT usename, passwd FROM pgbouncer.get_auth($1)"
     auth_dsn: str | None = field(default=None, repr=False)
+    #: client sessions at once; one more gets FATAL 53300 from the proxy (0: no limit)
+    max_client_connections: int = 10_000
+    #: seconds a new client has to send its startup packet (slowloris): 08P01, close
+    startup_timeout: float = 10.0
+    #: seconds a session may sit idle outside a transaction (57P05, close); 0: off
+    client_idle_timeout: float = 0.0
+    #: seconds a session may sit idle inside a transaction block (25P03, close); 0: off
+    idle_in_transaction_timeout: float = 0.0
     #: events buffered between the proxy and its consumers; more are dropped and counted
     sink_capacity: int = 65_536
     #: bytes of statement text kept per Query/Parse (longer statements are cut)
@@ -258,6 +266,29 @@ def _workers(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 256:
         raise ValueError("must be auto or a number of processes from 1 to 256")
+    return value
+
+
+def _above_zero(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _seconds_or_off(text: str) -> float:
+    if text.strip().lower() in ("off", "none", ""):
+        return 0.0
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError("must be >= 0 seconds (0 or off: no limit)")
     return value
 
 
@@ -481,6 +512,38 @@ _SETTINGS: tuple[_Setting, ...] = (
         "--connect-timeout",
         "SECONDS",
         "upstream connect timeout (5)",
+    ),
+    _Setting(
+        "max_client_connections",
+        "DBPROXY_MAX_CLIENT_CONNECTIONS",
+        _non_negative_int,
+        "--max-client-connections",
+        "N",
+        "client sessions at once; more get FATAL 53300 (10000; 0: no limit)",
+    ),
+    _Setting(
+        "startup_timeout",
+        "DBPROXY_STARTUP_TIMEOUT",
+        _above_zero,
+        "--startup-timeout",
+        "SECONDS",
+        "time a client has to send its startup packet (10)",
+    ),
+    _Setting(
+        "client_idle_timeout",
+        "DBPROXY_CLIENT_IDLE_TIMEOUT",
+        _seconds_or_off,
+        "--client-idle-timeout",
+        "SECONDS",
+        "close sessions idle outside a transaction this long, 57P05 (off)",
+    ),
+    _Setting(
+        "idle_in_transaction_timeout",
+        "DBPROXY_IDLE_IN_TRANSACTION_TIMEOUT",
+        _seconds_or_off,
+        "--idle-in-transaction-timeout",
+        "SECONDS",
+        "close sessions idle inside a transaction this long, 25P03 (off)",
     ),
     _Setting(
         "sink_capacity",

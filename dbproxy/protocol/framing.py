@@ -130,6 +130,11 @@ class FrameReader:
         """True while a frame has started but not completed."""
         return bool(self._pending) or self._remaining > 0
 
+    def rest_of_frame(self) -> tuple[int, bytes]:
+        """The frame in progress: (body bytes still to come, header bytes held so far);
+        ``(0, b"")`` at a message boundary."""
+        return self._remaining, self._pending
+
     def feed(self, data: bytes) -> list[Frame]:
         out: list[Frame] = []
         n = len(data)

@@ -263,6 +263,9 @@ class Session:
         self.search_path = ""  # as the server reports it (PostgreSQL >= 18), else ""
         self.server_version = ""
         self.backend_pid = 0
+        self.backend_key = b""  # BackendKeyData's secret (4 bytes; longer in protocol 3.2)
+        self.fatal_received = False  # the server sent a FATAL/PANIC ErrorResponse
+        self.terminated = False  # the client sent Terminate
         self.protocol_version = (3, 0)
         self.is_cancel_request = False
         self.client_address = ""  # set by the proxy, which owns the socket
@@ -339,6 +342,23 @@ class Session:
         if self._explicit:
             return CurrentStatement(self._last_text, self._last_end_ns, False, self._tx_start_ns)
         return None
+
+    def server_at_message_boundary(self) -> bool:
+        """Every server byte fed so far ended a message, so a message the proxy writes to
+        the client now cannot land inside one.  False when unknown (not observing)."""
+        return self.observing and not self._server.mid_frame
+
+    def server_rest_of_frame(self) -> tuple[int, bytes] | None:
+        """:meth:`FrameReader.rest_of_frame` of the server's stream; None when unknown."""
+        return self._server.rest_of_frame() if self.observing else None
+
+    def idle_since(self) -> tuple[int, bool] | None:
+        """``(ns, in_transaction)``: when the session went idle at its last ReadyForQuery
+        (the clock it is fed with) and whether inside a transaction block; None while a
+        request is pending, before the first ReadyForQuery or when not observing."""
+        if not self.ready or not self.observing or self._pending or self._copy_in:
+            return None
+        return self._last_end_ns, self._tx_status != codes.TX_IDLE
 
     # ------------------------------------------------------------------ feeding
     def client_data(self, data: bytes, now_ns: int) -> None:
@@ -503,7 +523,9 @@ class Session:
             self._pending.append(_Pending(_FUNCTION, run, now))
         elif msg_type == STARTUP:
             self._on_startup_packet(body)
-        # Flush, CopyData/Done/Fail, password messages and Terminate need no state.
+        elif msg_type == codes.TERMINATE:
+            self.terminated = True  # the server closing next is no fault
+        # Flush, CopyData/Done/Fail and password messages need no state.
 
     def _start_group(self, now: int) -> None:
         if not self._group_start_ns:
@@ -553,9 +575,10 @@ class Session:
                 minor = int.from_bytes(body[:4], "big") & 0xFFFF
                 self.protocol_version = (self.protocol_version[0], minor)
         elif msg_type == codes.BACKEND_KEY_DATA:
-            self.backend_pid, _key = messages.decode_backend_key_data(body)
+            self.backend_pid, self.backend_key = messages.decode_backend_key_data(body)
         elif msg_type == codes.ERROR_RESPONSE:
             fields = messages.decode_error(body, self._encoding)
+            self.fatal_received = True  # an error before ReadyForQuery ends the startup
             self._emit(
                 SessionRejected(
                     session_id=self.session_id,
@@ -770,6 +793,8 @@ class Session:
             self._suspended.remove(run)
 
     def _on_error(self, fields: messages.ErrorFields, now: int) -> None:
+        if fields.severity in ("FATAL", "PANIC"):
+            self.fatal_received = True
         error = ServerError(
             severity=fields.severity, sqlstate=fields.sqlstate, message=fields.message
         )

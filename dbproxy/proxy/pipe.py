@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, cast
 
 from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
+from dbproxy.protocol.boundary import BoundaryFinder
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request, replication_mode
-from dbproxy.proxy import tls
+from dbproxy.proxy import limits, tls
 from dbproxy.proxy.auth import PlusStripper, ProxyAuth
 from dbproxy.proxy.listeners import open_upstream
 
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 _monotonic_ns = time.monotonic_ns
 #: Client bytes held while the upstream connection opens before reading pauses.
 _MAX_HELD_BYTES = 256 * 1024
+#: Seconds a closing client connection has to take what was written to it.
+_FLUSH_ON_CLOSE_S = 5.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -65,6 +68,10 @@ class ClientConnection(asyncio.Protocol):
         self.tls = False  # the client leg is encrypted
         self._tls_pending = False  # handshake running: bytes wait in _startup_buf
         self._auth: ProxyAuth | None = None  # the proxy authenticates the client
+        # over --max-client-connections: answered 53300 at its startup packet
+        self._over_limit = False
+        self._startup_timer: asyncio.TimerHandle | None = None
+        self._client_eof = False  # the client half-closed; the server's close is expected
         self.session = Session(
             session_id=session_id,
             emit=server.sink.put,
@@ -87,14 +94,42 @@ class ClientConnection(asyncio.Protocol):
         else:  # a Unix-socket client: PostgreSQL's name for it
             self.peer = "[local]"
         self.session.client_address = self.peer
-        self._server.connections.add(self)
-        self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
+        loop = asyncio.get_running_loop()
+        config = self._server.config  # read now: a reload replaces it
+        limit = config.max_client_connections
+        if limit and len(self._server.connections) >= limit:
+            self._over_limit = True  # no upstream, not counted; a CancelRequest still passes
+        else:
+            self._server.connections.add(self)
+            self._connect_task = loop.create_task(self._connect_upstream())
+        self._startup_timer = loop.call_later(config.startup_timeout, self._startup_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._shutdown()
+        self._client_gone()
 
     def eof_received(self) -> bool | None:
-        return False  # close our side; connection_lost closes the upstream
+        upstream = self._upstream_transport
+        if (
+            not self._closed
+            and upstream is not None
+            and not self._statement_running()
+            and upstream.can_write_eof()
+        ):
+            # Half-close, passed on: the server answers what it got, sees EOF, ends the
+            # session and closes; its answer still reaches the client.
+            self._client_eof = True
+            upstream.write_eof()
+            return True
+        # Gone mid-statement (or before the upstream was up): act now, since
+        # connection_lost waits for our write buffer, which a dead client never drains.
+        self._client_gone()
+        return False
+
+    def _client_gone(self) -> None:
+        if not self._closed and self._upstream_transport is not None and self._statement_running():
+            self._cancel_then_close()
+        else:
+            self._shutdown()
 
     def _shutdown(self) -> None:
         if self._closed:
@@ -103,6 +138,8 @@ class ClientConnection(asyncio.Protocol):
         self._server.connection_closed(self)
         if self._auth is not None:
             self._auth.cancel()
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
         if self._connect_task is not None and not self._connect_task.done():
             if self._held and self._upstream_failed is None:
                 # Deliver what the client sent (e.g. a CancelRequest from a client that
@@ -113,7 +150,10 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream_transport is not None:
             self._upstream_transport.close()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.close()  # flushes what the client has not read yet…
+            if self.transport.get_write_buffer_size():
+                # … for a while: a client that never reads again is cut
+                asyncio.get_running_loop().call_later(_FLUSH_ON_CLOSE_S, self.transport.abort)
         self._observe(self.session.close, _monotonic_ns())
 
     def abort(self) -> None:
@@ -122,6 +162,75 @@ class ClientConnection(asyncio.Protocol):
         if self._upstream_transport is not None:
             self._upstream_transport.abort()
         self._shutdown()
+
+    # ------------------------------------------------------------------ limits and faults
+    def close_with_error(
+        self, sqlstate: str, message: str, *, finish_message: bool = False
+    ) -> bool:
+        """Say FATAL ``sqlstate`` to the client and close both sides.  The error is written
+        only at a message boundary of the server→client stream (else the client would read
+        it inside a message).  Mid-message, with ``finish_message`` and a live upstream,
+        the rest of that message is relayed first (the connection closes when it has);
+        otherwise the connection just closes.  True when the error is (or will be) said."""
+        if self._closed or self.transport is None:
+            return False
+        error = limits.fatal(sqlstate, message)
+        if self.session.server_at_message_boundary():
+            self.transport.write(error)
+            self._shutdown()
+            return True
+        rest = self.session.server_rest_of_frame() if finish_message else None
+        upstream = self._upstream_transport
+        if rest is not None and upstream is not None and not upstream.is_closing():
+            self.transport.pause_reading()  # what the client sends now would go nowhere
+            upstream.set_protocol(
+                limits.FinishMessage(
+                    self.transport.write, BoundaryFinder(*rest), error, self._shutdown
+                )
+            )
+            return True
+        self._server.limit_stats.errors_withheld += 1
+        self._shutdown()
+        return False
+
+    def _startup_timed_out(self) -> None:
+        self._startup_timer = None
+        if self._forwarding or self._closed:
+            return
+        self._server.limit_stats.startup_timeouts += 1
+        log.debug("client %s sent no startup packet in time", self.peer)
+        self.close_with_error(codes.SQLSTATE_PROTOCOL_VIOLATION, limits.STARTUP_TIMEOUT)
+
+    def _statement_running(self) -> bool:
+        """A statement may be running on the backend (unknown counts as yes)."""
+        session = self.session
+        if session.is_cancel_request or not session.ready or not session.backend_pid:
+            return False
+        if not session.observing:
+            return True
+        current = session.current_statement()
+        return current is not None and current.active
+
+    def _cancel_then_close(self) -> None:
+        """The client vanished mid-statement: cancel it, then close the upstream, so the
+        backend ends now rather than when it next writes."""
+        upstream = self._upstream_transport
+        assert upstream is not None
+        self._upstream_transport = None  # _shutdown leaves it to the task below
+        upstream.pause_reading()  # the rest of the result has nowhere to go
+        self._server.limit_stats.cancels_on_client_loss += 1
+        self._shutdown()
+        config, stats = self._server.config, self._server.limit_stats
+        pid, key = self.session.backend_pid, self.session.backend_key
+
+        async def cancel_and_close() -> None:
+            try:
+                if not await limits.send_cancel_request(config, pid, key):
+                    stats.cancels_failed += 1
+            finally:
+                upstream.close()
+
+        self._server.spawn(cancel_and_close())
 
     async def _connect_upstream(self) -> None:
         config = self._server.config
@@ -271,6 +380,19 @@ class ClientConnection(asyncio.Protocol):
                 )
                 return
             self._startup_buf = b""
+            if self._startup_timer is not None:
+                self._startup_timer.cancel()
+                self._startup_timer = None
+            if self._over_limit:
+                if request.kind is not RequestKind.CANCEL:
+                    self._server.limit_stats.too_many_connections += 1
+                    self.transport.write(
+                        limits.fatal(codes.SQLSTATE_TOO_MANY_CONNECTIONS, limits.TOO_MANY_CLIENTS)
+                    )
+                    self._shutdown()
+                    return
+                loop = asyncio.get_running_loop()
+                self._connect_task = loop.create_task(self._connect_upstream())
             if (
                 self.tls
                 and request.kind is RequestKind.STARTUP
@@ -368,7 +490,22 @@ class ClientConnection(asyncio.Protocol):
 
     # called by the server side
     def server_closed(self) -> None:
-        self._shutdown()
+        """The upstream connection ended.  Unless the server said FATAL itself (admin
+        shutdown, terminate, auth failure), the client gets 08006 from the proxy."""
+        if self._closed:
+            return
+        session = self.session
+        if (
+            session.is_cancel_request
+            or session.fatal_received
+            or session.terminated
+            or self._client_eof
+            or not self._forwarding
+        ):
+            self._shutdown()
+            return
+        self._server.limit_stats.upstream_lost += 1
+        self.close_with_error(codes.SQLSTATE_CONNECTION_FAILURE, limits.UPSTREAM_LOST)
 
 
 class ServerConnection(asyncio.Protocol):

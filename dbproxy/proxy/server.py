@@ -6,16 +6,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Coroutine
 
 from dbproxy.config import Address, ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.observe.sink import EventSink
+from dbproxy.protocol import codes
+from dbproxy.proxy import limits
 from dbproxy.proxy.auth import SecretSource, secret_source
 from dbproxy.proxy.listeners import Listeners, probe
 from dbproxy.proxy.pipe import ClientConnection
 from dbproxy.proxy.tls import TlsSettings
 
 log = logging.getLogger(__name__)
+
+#: At shutdown, seconds a session inside a server message has to finish it before its 57P01.
+_FINISH_MESSAGE_S = 5.0
 
 
 class ProxyStats:
@@ -57,7 +63,12 @@ class ProxyServer:
         self.config = config
         self.sink = sink
         self.stats = ProxyStats()
+        self.limit_stats = limits.LimitStats()
         self.connections: set[ClientConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # cancels in flight, the idle reaper
+        self.reaper = limits.IdleReaper(
+            lambda: self.config, lambda: self.connections, self.limit_stats
+        )
         # session ids unique across worker processes (worker i: i+1, i+1+N, …)
         self._ids = itertools.count(worker_index + 1, config.workers)
         self.listeners = Listeners(config)
@@ -89,11 +100,18 @@ class ProxyServer:
 
     async def start(self) -> None:
         await self.listeners.start(self._new_connection)
+        self.spawn(self.reaper.run())
         log.info(
             "dbproxy listening on %s, forwarding to %s",
             self.listeners.describe(),
             self.config.upstream,
         )
+
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Run a background task of the proxy, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting, let sessions finish for ``grace_s`` seconds, then close them."""
@@ -111,8 +129,29 @@ class ProxyServer:
                 await asyncio.wait_for(self._all_closed.wait(), grace_s)
         if self.connections:
             log.info("closing %d session(s) still open", len(self.connections))
+            closing = list(self.connections)
+            deadline = asyncio.get_running_loop().time() + _FINISH_MESSAGE_S
+            for conn in closing:
+                # 57P01 as the server says it, at a message boundary: mid-message, after
+                # the rest of that message (for at most _FINISH_MESSAGE_S)
+                conn.close_with_error(
+                    codes.SQLSTATE_ADMIN_SHUTDOWN, limits.ADMIN_SHUTDOWN, finish_message=True
+                )
+            if self.connections:
+                self._all_closed.clear()
+                with contextlib.suppress(TimeoutError):
+                    left = deadline - asyncio.get_running_loop().time()
+                    await asyncio.wait_for(self._all_closed.wait(), max(left, 0.0))
             for conn in list(self.connections):
+                self.limit_stats.errors_withheld += 1
                 conn.abort()
+            # let the last bytes and the 57P01 reach clients that read them
+            while asyncio.get_running_loop().time() < deadline and any(  # noqa: ASYNC110
+                c.transport is not None and c.transport.get_write_buffer_size() for c in closing
+            ):
+                await asyncio.sleep(0.02)  # transports signal no "flushed" event to wait on
+        for task in list(self._tasks):
+            task.cancel()
         await self.listeners.wait_closed()
         if self.auth_source is not None:
             await self.auth_source.close()
