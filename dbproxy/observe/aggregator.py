@@ -52,13 +52,12 @@ from __future__ import annotations
 
 import heapq
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, cast
 
-from dbproxy.observe.histogram import HistogramBuilder, bounds_to_ns
+from dbproxy.observe.histogram import HistogramBuilder, bounds_to_ns, bucket_of
 from dbproxy.observe.stats import (
     OTHER,
     QUERY_BUCKETS_S,
@@ -393,7 +392,7 @@ class Aggregator:
                 rec.calls += 1
                 rec.sum_ns += duration
                 rec.recent_ns += duration
-                bucket = bisect_left(bounds_ns, duration)
+                bucket = bucket_of(bounds_ns, duration)
                 rec.counts[bucket] += 1
                 if duration > rec.max_ns:  # noqa: PLR1730 - no call on the hot path
                     rec.max_ns = duration

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from dbproxy.observe.histogram import bounds_to_ns
+from dbproxy.observe.histogram import bounds_to_ns, bucket_of
 from dbproxy.observe.stats import QUERY_BUCKETS_S
 
 __all__ = [
@@ -88,7 +88,7 @@ class Bucket:
         self.calls += 1
         self.sum_ns += duration_ns
         self.rows += rows
-        self.counts[bisect_left(BOUNDS_NS, duration_ns)] += 1
+        self.counts[bucket_of(BOUNDS_NS, duration_ns)] += 1
         if error_class is not None:
             errors = self.errors
             if errors is None:
