@@ -10,7 +10,9 @@ Three bounded LRU caches sit in front of sqlglot:
   every time, so its text rarely repeats, but its skeleton does: a hit costs one scan
   instead of the lexer and normalizer (pgbench ``-M simple``: half the observer's
   instructions per transaction).  Texts with constants are cached here and not in
-  **exact**, where one-off texts would evict the extended protocol's.
+  **exact**, where one-off texts would evict the extended protocol's; the last few
+  thousand such texts are also remembered as they are (**recent**, a plain dict emptied
+  when full), because every consumer of a drained batch looks the same text up again.
 * **shape**: normalized text → tag-less :class:`Fingerprint`.  The lexer-based normalizer
   replaces constants and collapses ``IN``/``ARRAY``/``VALUES`` lists, so the same query
   with other literals, another list length, other whitespace or other comments (a new
@@ -40,7 +42,7 @@ from dbproxy.sql.fingerprint import (
     normalize,
     with_tags,
 )
-from dbproxy.sql.skeleton import literal_skeleton
+from dbproxy.sql.skeleton import NO_CONSTANT, literal_skeleton
 
 __all__ = ["Fingerprinter", "FingerprinterStats", "SupportsFingerprint"]
 
@@ -48,6 +50,8 @@ __all__ = ["Fingerprinter", "FingerprinterStats", "SupportsFingerprint"]
 # (entries x length) and keeps one-off giant statements from evicting the hot set.
 DEFAULT_MAX_EXACT_CHARS: Final = 8_192
 DEFAULT_MAX_SHAPE_CHARS: Final = 8_192
+#: texts with constants remembered as they are (one drained batch is 512 statements)
+_RECENT_SIZE: Final = 4_096
 
 
 class SupportsFingerprint(Protocol):
@@ -125,6 +129,7 @@ class Fingerprinter:
         "_parse_failures",
         "_parse_ns",
         "_parses",
+        "_recent",
         "_shape",
         "_shape_capacity",
         "_shape_hits",
@@ -148,12 +153,13 @@ class Fingerprinter:
             raise ValueError("cache capacities must be >= 0")
         self._exact: OrderedDict[str, Fingerprint] = OrderedDict()
         self._shape: OrderedDict[str, Fingerprint] = OrderedDict()
-        self._skeleton: OrderedDict[str, Fingerprint] = OrderedDict()
+        self._skeleton: OrderedDict[bytes, Fingerprint] = OrderedDict()
         self._exact_capacity = exact_capacity
         self._shape_capacity = shape_capacity
         self._skeleton_capacity = skeleton_capacity
         self._skeleton_hits = 0
         self._skeleton_misses = 0
+        self._recent: dict[str, Fingerprint] = {}
         self._max_exact_chars = max_exact_chars
         self._max_shape_chars = max_shape_chars
         self._exact_hits = 0
@@ -187,17 +193,22 @@ class Fingerprinter:
                 tags = None  # a leading comment before others: merge order needs them all
             if tags is not None:
                 return replace(core_fp, tags=Tags(tags)) if tags else core_fp
+        recent = self._recent.get(sql)
+        if recent is not None:
+            self._exact_hits += 1  # the same text, remembered
+            return recent
         self._exact_misses += 1
         skeleton = None
         if self._skeleton_capacity and len(sql) <= self._max_shape_chars:
             skeleton = literal_skeleton(sql)
-            if skeleton is not None and skeleton is sql:
+            if skeleton == NO_CONSTANT:
                 skeleton = None  # no constant: the exact cache is the one for it
         if skeleton is not None:
             hit = self._skeleton.get(skeleton)
             if hit is not None:
                 self._skeleton.move_to_end(skeleton)
                 self._skeleton_hits += 1
+                self._remember(sql, hit)
                 return hit
             self._skeleton_misses += 1
 
@@ -233,11 +244,18 @@ class Fingerprinter:
             cache[skeleton] = result
             if len(cache) > self._skeleton_capacity:
                 cache.popitem(last=False)
+            self._remember(sql, result)
         elif len(sql) <= self._max_exact_chars and self._exact_capacity:
             exact[sql] = result
             if len(exact) > self._exact_capacity:
                 exact.popitem(last=False)
         return result
+
+    def _remember(self, sql: str, fp: Fingerprint) -> None:
+        recent = self._recent
+        if len(recent) >= _RECENT_SIZE:
+            recent.clear()
+        recent[sql] = fp
 
     def fingerprint_many(self, sql: str) -> list[Fingerprint]:
         """Fingerprint every statement of a simple-Query string, split as PostgreSQL does."""
@@ -278,3 +296,4 @@ class Fingerprinter:
         self._exact.clear()
         self._shape.clear()
         self._skeleton.clear()
+        self._recent.clear()

@@ -17,10 +17,16 @@ from hypothesis import strategies as st
 from benchmarks.corpus import build_corpus
 from dbproxy.sql.fingerprint import normalize
 from dbproxy.sql.lexer import NUMBER, STRING, Token, tokenize
-from dbproxy.sql.skeleton import MARK_INTEGER, MARK_NUMBER, MARK_STRING, literal_skeleton
+from dbproxy.sql.skeleton import (
+    MARK_INTEGER,
+    MARK_NUMBER,
+    MARK_STRING,
+    NO_CONSTANT,
+    literal_skeleton,
+)
 from tests.unit.sql.golden import all_statements, load_groups
 
-_CANONICAL = {MARK_INTEGER: " 0 ", MARK_STRING: " '' ", MARK_NUMBER: " 0.5 "}
+_CANONICAL = {MARK_INTEGER: b" 0 ", MARK_STRING: b" '' ", MARK_NUMBER: b" 0.5 "}
 
 
 def _shape(tokens: list[Token]) -> list[tuple[int, str | bool]]:
@@ -36,14 +42,19 @@ def _shape(tokens: list[Token]) -> list[tuple[int, str | bool]]:
     return out
 
 
-def _refill(skeleton: str) -> str:
-    return "".join(_CANONICAL.get(ch, ch) for ch in skeleton)
+def _refill(skeleton: bytes) -> str:
+    out = b"".join(
+        _CANONICAL.get(skeleton[i : i + 1], skeleton[i : i + 1]) for i in range(len(skeleton))
+    )
+    return out.decode("utf-8", "surrogatepass")
 
 
-def _check(sql: str) -> str | None:
+def _check(sql: str) -> bytes | None:
     skeleton = literal_skeleton(sql)
     if skeleton is None:
         return None
+    if skeleton == NO_CONSTANT:
+        skeleton = sql.encode("utf-8", "surrogatepass")
     comments: list[str] = []
     refilled_comments: list[str] = []
     assert _shape(tokenize(sql, comments)) == _shape(
@@ -84,13 +95,16 @@ def test_real_statements() -> None:
 
 def test_markers() -> None:
     assert literal_skeleton("SELECT abalance FROM t WHERE aid = 48213;") == (
-        "SELECT abalance FROM t WHERE aid = \x01;"
+        b"SELECT abalance FROM t WHERE aid = \x01;"
     )
     assert literal_skeleton("x = E'it\\'s' AND y = 1.5 AND z = 0x1F AND t2.c = $1") == (
-        "x = \x02 AND y = \x03 AND z = \x03 AND t2.c = $1"
+        b"x = \x02 AND y = \x03 AND z = \x03 AND t2.c = $1"
     )
-    assert literal_skeleton("ORDER BY 1, 2 -- note 3") == "ORDER BY \x01, \x01 -- note 3"
-    assert literal_skeleton("SELECT now()") == "SELECT now()"  # unchanged: no constant
+    assert literal_skeleton("ORDER BY 1, 2 -- note 3") == b"ORDER BY \x01, \x01 -- note 3"
+    assert literal_skeleton("SELECT now()") == NO_CONSTANT
+    assert literal_skeleton("SELECT 'é' FROM t1 WHERE é2 = 1e5") == (
+        "SELECT \x02 FROM t1 WHERE é2 = \x03".encode()
+    )
 
 
 def test_fallbacks() -> None:
@@ -100,6 +114,7 @@ def test_fallbacks() -> None:
         "SELECT $q$a$q$",
         "SELECT E'x\\",  # the lexer backtracks into another reading
         "SELECT '\x01'",  # a marker character in the text
+        "SELECT 1\x00",
     ):
         assert literal_skeleton(sql) is None, sql
 
@@ -107,11 +122,11 @@ def test_fallbacks() -> None:
 def test_same_skeleton_same_normalized_text() -> None:
     rng = random.Random(5)
     statements = [s.sql for s in build_corpus()]
-    by_skeleton: dict[str, str] = {}
+    by_skeleton: dict[bytes, str] = {}
     checked = 0
     for sql in statements + rng.sample(statements, len(statements)):
         skeleton = literal_skeleton(sql)
-        if skeleton is None:
+        if skeleton is None or skeleton == NO_CONSTANT:
             continue
         norm = normalize(sql)
         if norm.keeps_constant_text():  # ordinals: the cache stores nothing for these
