@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from dbproxy import __version__
-from dbproxy.config import cli_settings, environment, load_config
+from dbproxy.config import ConfigSource, cli_settings, environment
 from dbproxy.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     from dbproxy import app
 
     cli_values = {setting.name: getattr(args, setting.name) for setting in cli_settings()}
-    config = load_config(cli_values, environment(), args.config)
+    source = ConfigSource(cli_values, dict(environment()), args.config)
+    config = source.load()
     _setup_logging(config.log_level)
-    app.run(config)
+    app.run(config, source)
     return 0

@@ -45,12 +45,15 @@ _LINGER_MAX_BYTES = 1 << 20
 
 _REASONS = {
     200: "OK",
+    303: "See Other",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     413: "Content Too Large",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -98,6 +101,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: runs before routing (export/access.py): None lets the request through, else the refusal
+Guard = Callable[[Request], "Response | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +149,9 @@ class HttpServer:
         max_body_bytes: int = 64 * 1024,
         request_timeout: float = 10.0,
         max_connections: int = 64,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard
         self.host = host
         self.port = port
         self.routes = tuple(routes)
@@ -197,7 +204,8 @@ class HttpServer:
                 async with asyncio.timeout(self.request_timeout):
                     request = await self._read_request(reader)
                 method = request.method
-                response = await self._dispatch(request)
+                refusal = self.guard(request) if self.guard is not None else None
+                response = refusal or await self._dispatch(request)
             except _HttpError as exc:
                 response = Response.text(exc.status, exc.message + "\n")
             except TimeoutError:

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from dbproxy.config import ProxyConfig
+from dbproxy.config import ConfigSource, ProxyConfig
 from dbproxy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,14 @@ def _die_with_parent(parent_pid: int) -> None:
         raise SystemExit(0)
 
 
-def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: int) -> None:
+def worker_main(
+    config: ProxyConfig,
+    index: int,
+    socket_path: str,
+    parent_pid: int,
+    reload_from: tuple[ConfigSource, ProxyConfig] | None = None,
+) -> None:
+    """``reload_from``: the configuration's source and what it gave (SIGHUP reloads)."""
     _die_with_parent(parent_pid)
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
@@ -48,7 +55,7 @@ def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: i
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve(config, index, socket_path, parent_pid))
+            runner.run(_serve(config, index, socket_path, parent_pid, reload_from))
     except ConfigError as exc:
         log.error("dbproxy worker %d: %s", index, exc)
         raise SystemExit(2) from None
@@ -56,7 +63,13 @@ def worker_main(config: ProxyConfig, index: int, socket_path: str, parent_pid: i
         pass
 
 
-async def _serve(config: ProxyConfig, index: int, socket_path: str, parent_pid: int) -> None:
+async def _serve(
+    config: ProxyConfig,
+    index: int,
+    socket_path: str,
+    parent_pid: int,
+    reload_from: tuple[ConfigSource, ProxyConfig] | None,
+) -> None:
     from dbproxy.app import App
     from dbproxy.workers.channel import StatsChannelServer
 
@@ -68,12 +81,15 @@ async def _serve(config: ProxyConfig, index: int, socket_path: str, parent_pid: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
 
+    reloader = None
+    if reload_from is not None:
+        source, loaded = reload_from
+        reloader = app.reloader(source, loaded, who=f"worker {index}: ")
+
     def hangup() -> None:
+        app.hangup(reloader)  # query log reopened, configuration reloaded
         if app.query_log is not None:
-            app.query_log.reopen()
             log.info("SIGHUP: query log reopened")
-        else:
-            log.info("SIGHUP: no query log to reopen")
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     parent = multiprocessing.parent_process()
