@@ -100,15 +100,7 @@ class Reloader:
         live = tuple(n for n in changed if n in LIVE_SETTINGS)
         restart = tuple(n for n in changed if n not in LIVE_SETTINGS)
         values = {name: getattr(new, name) for name in live}
-        if live:
-            try:
-                self.apply(dataclasses.replace(self.running(), **values), live)
-            except Exception:
-                self.failures += 1
-                log.exception("%sSIGHUP: applying %s failed", self.who, ", ".join(live))
-                return ReloadResult(needs_restart=restart, error="apply failed")
-            self.loaded = dataclasses.replace(self.loaded, **values)
-        self.reloads += 1
+        # logged before applying: a new log level may hide it afterwards
         log.info(
             "%sSIGHUP: configuration reloaded from %s; applied: %s",
             self.who,
@@ -121,4 +113,13 @@ class Reloader:
                 self.who,
                 ", ".join(restart),
             )
+        if live:
+            try:
+                self.apply(dataclasses.replace(self.running(), **values), live)
+            except Exception:
+                self.failures += 1
+                log.exception("%sSIGHUP: applying %s failed", self.who, ", ".join(live))
+                return ReloadResult(needs_restart=restart, error="apply failed")
+            self.loaded = dataclasses.replace(self.loaded, **values)
+        self.reloads += 1
         return ReloadResult(applied=live, needs_restart=restart)

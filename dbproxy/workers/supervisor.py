@@ -116,7 +116,14 @@ class WorkerPool:
             name=f"dbproxy-worker-{index}",
             daemon=True,  # multiprocessing's exit handler also ends it
         )
-        proc.start()
+        # the child starts with SIGHUP blocked (the mask survives fork and exec) and
+        # unblocks it once its handler is in place: a SIGHUP forwarded while it starts
+        # would otherwise kill it (default action); this way it is delivered late
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._procs[index] = proc
         self._all_exited.clear()
         asyncio.get_running_loop().add_reader(proc.sentinel, self._exited, index, proc)

@@ -45,6 +45,7 @@ def worker_main(
     reload_from: tuple[ConfigSource, ProxyConfig] | None = None,
 ) -> None:
     """``reload_from``: the configuration's source and what it gave (SIGHUP reloads)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # inherited; until handled
     _die_with_parent(parent_pid)
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
@@ -92,6 +93,7 @@ async def _serve(
             log.info("SIGHUP: query log reopened")
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one sent meanwhile: now
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
 
