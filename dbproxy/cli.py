@@ -6,7 +6,6 @@ Errors the user can fix are one line on stderr and exit status 2, never a traceb
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -71,11 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from dbproxy.logsafe import setup_logging
+
+    setup_logging(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

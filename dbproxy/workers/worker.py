@@ -19,6 +19,7 @@ import sys
 
 from dbproxy.config import ConfigSource, ProxyConfig
 from dbproxy.errors import ConfigError
+from dbproxy.logsafe import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,8 @@ def worker_main(
     """``reload_from``: the configuration's source and what it gave (SIGHUP reloads)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # inherited; until handled
     _die_with_parent(parent_pid)
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        config.log_level, f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
     )
     from dbproxy.app import new_event_loop
 
