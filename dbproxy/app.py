@@ -27,6 +27,7 @@ from dbproxy.config import ConfigSource, ProxyConfig
 from dbproxy.errors import ConfigError
 from dbproxy.export.access import AccessGuard, AccessPolicy, is_loopback
 from dbproxy.export.api import RowExtras
+from dbproxy.export.control import ControlCollector, status_routes
 from dbproxy.export.findings import FindingsCollector, FindingsEndpoints
 from dbproxy.export.http import HttpServer, Route, export_routes
 from dbproxy.export.notify import Notifier, NotifierSettings, build_notifier
@@ -214,6 +215,9 @@ class App:
             routes = self.merged.wrap_routes(routes)
         self.access = AccessGuard(access_policy(config), bound=lambda: self.http.address)
         routes.append(self.access.login_route())
+        self._reloader: Reloader | None = None  # set when SIGHUP handling is installed
+        routes.extend(status_routes(self.access, lambda: self._reloader))
+        self.registry.register(ControlCollector(self.access, lambda: self._reloader))
         self.http = HttpServer(
             config.http_listen.host, config.http_listen.port, routes, guard=self.access.check
         )
@@ -366,7 +370,8 @@ class App:
 
     def reloader(self, source: ConfigSource, loaded: ProxyConfig, *, who: str = "") -> Reloader:
         """What SIGHUP calls: the config file again, applied live where it can be."""
-        return Reloader(source, loaded, lambda: self.config, self.apply_config, who=who)
+        self._reloader = Reloader(source, loaded, lambda: self.config, self.apply_config, who=who)
+        return self._reloader
 
     def hangup(self, reloader: Reloader | None) -> None:
         """SIGHUP: reopen the query log (logrotate), then reload the configuration."""

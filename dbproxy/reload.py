@@ -86,6 +86,8 @@ class Reloader:
         self.who = who
         self.reloads = 0
         self.failures = 0
+        #: settings the last reload found changed but could not apply (restart pending)
+        self.pending: tuple[str, ...] = ()
 
     def __call__(self) -> ReloadResult:
         try:
@@ -99,6 +101,7 @@ class Reloader:
         changed = changed_settings(self.loaded, new)
         live = tuple(n for n in changed if n in LIVE_SETTINGS)
         restart = tuple(n for n in changed if n not in LIVE_SETTINGS)
+        self.pending = restart
         values = {name: getattr(new, name) for name in live}
         # logged before applying: a new log level may hide it afterwards
         log.info(

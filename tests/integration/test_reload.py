@@ -4,6 +4,7 @@ a psql session keeps working through it (same backend before and after)."""
 from __future__ import annotations
 
 import http.client
+import json
 import queue
 import signal
 import subprocess
@@ -64,6 +65,17 @@ def http_status(url_port: int, path: str, host: str) -> int:
     try:
         conn.request("GET", path, headers={"Host": host})
         return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def http_get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200, (path, response.status)
+        return response.read().decode()
     finally:
         conn.close()
 
@@ -142,6 +154,16 @@ def test_sighup_applies_the_config_file_without_dropping_a_psql_session(
         assert http_status(hport, "/api/queries", "dbproxy.internal") == 200
         assert http_status(hport, "/api/queries", "evil.example") == 421
         proc.wait_for_line(" DEBUG ")
+        # /api/status and the metrics name what waits for a restart (never values)
+        status = json.loads(http_get(hport, "/api/status"))
+        assert status["reload"]["restart_pending"] == ["listen", "upstream"]
+        assert status["reload"]["reloads"] == 1 and status["http"]["allowed_hosts"] == [
+            "dbproxy.internal"
+        ]
+        metrics = http_get(hport, "/metrics")
+        assert "dbproxy_config_restart_pending 2.0" in metrics
+        assert 'dbproxy_config_reloads_total{result="ok"} 1.0' in metrics
+        assert "dbproxy_http_refused_total 2.0" in metrics  # the two 421s
         # a new connection still goes to the old listen address and upstream
         second = PsqlSession(pg_server, port)
         assert second.query("select 7;") == "7"
@@ -153,6 +175,7 @@ def test_sighup_applies_the_config_file_without_dropping_a_psql_session(
         proc.wait_for_line("configuration not reloaded")
         assert session.query("select pg_backend_pid();") == pid
         assert http_status(hport, "/api/queries", "dbproxy.internal") == 200
+        assert 'dbproxy_config_reloads_total{result="failed"} 1.0' in http_get(hport, "/metrics")
         assert session.close() == 0
         session = None
         assert proc.proc.poll() is None
