@@ -77,7 +77,7 @@ GROUP_BY_NOTE = (
     "times, rows and errors are per query, not per value"
 )
 RESET_HOWTO = (
-    "POST /api/reset is disabled: start dbproxy with --api-token <token> "
+    "POST /api/reset is disabled: start dbproxy with --api-token-file FILE "
     "(or DBPROXY_API_TOKEN) and send 'Authorization: Bearer <token>'"
 )
 

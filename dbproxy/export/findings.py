@@ -54,7 +54,7 @@ def authorize_change(api_token: str | None, request: Request) -> None:
         return
     raise ApiError(
         403,
-        "send 'Authorization: Bearer <token>' (--api-token / DBPROXY_API_TOKEN) "
+        "send 'Authorization: Bearer <token>' (DBPROXY_API_TOKEN / --api-token-file) "
         "or post from the web UI",
     )
 
