@@ -178,7 +178,7 @@ class App:
             extra_routes.extend(
                 FindingsEndpoints(
                     self.regression,
-                    api_token=config.api_token,
+                    api_token=lambda: self.config.api_token,  # SIGHUP may change it
                     wait_events=self.activity.top_wait_events if self.activity else None,
                 ).routes()
             )
@@ -205,7 +205,7 @@ class App:
             ready=self.proxy.check_upstream,
             registry=self.registry,
             collector=self.collector,
-            api_token=config.api_token,
+            api_token=lambda: self.config.api_token,  # SIGHUP may change it
             ui=config.ui,
             trace_url_template=config.ui_trace_url,
             extra_routes=extra_routes,

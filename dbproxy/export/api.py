@@ -354,6 +354,14 @@ def ui_config(trace_url_template: str | None) -> dict[str, Any]:
     return {"trace_url_template": trace_url_template or None}
 
 
+#: the API token, or a callable giving the current one (it changes on SIGHUP)
+TokenSource = str | None | Callable[[], str | None]
+
+
+def current_token(source: TokenSource) -> str | None:
+    return source() if callable(source) else source
+
+
 def authorize_reset(configured_token: str | None, authorization: str | None) -> None:
     """Allow ``POST /api/reset`` only with the configured bearer token (constant time)."""
     if not configured_token:

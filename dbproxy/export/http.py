@@ -440,7 +440,7 @@ class ApiEndpoints:
         self,
         stats: api.StatsSource,
         *,
-        api_token: str | None = None,
+        api_token: api.TokenSource = None,
         clock: Callable[[], float] = time.time,
         row_extras: api.RowExtras | None = None,
     ) -> None:
@@ -475,7 +475,7 @@ class ApiEndpoints:
         return Response.json(200, api.connections(self.stats.snapshot(top=None)))
 
     async def reset(self, request: Request) -> Response:
-        api.authorize_reset(self.api_token, request.header("authorization"))
+        api.authorize_reset(api.current_token(self.api_token), request.header("authorization"))
         return Response.json(200, api.reset(self.stats, now=self.clock()))
 
 
@@ -550,7 +550,7 @@ def export_routes(
     ready: ReadyCheck,
     registry: CollectorRegistry | None = None,
     collector: DbproxyCollector | None = None,
-    api_token: str | None = None,
+    api_token: api.TokenSource = None,
     ui: bool = True,
     trace_url_template: str | None = None,
     extra_routes: Iterable[Route] = (),

@@ -69,6 +69,15 @@ def http_status(url_port: int, path: str, host: str) -> int:
         conn.close()
 
 
+def http_post(port: int, path: str, token: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, headers={"Authorization": f"Bearer {token}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def http_get(port: int, path: str) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -140,11 +149,13 @@ def test_sighup_applies_the_config_file_without_dropping_a_psql_session(
                 f"{pg_server.host}:{pg_server.port}", f"127.0.0.1:{other_upstream}"
             )
         )
+        token_file.write_text(TOKEN + "\n")  # rotated
         reload_and_wait(proc, 1)
         warn = proc.wait_for_line("only applied after a restart")
         assert "listen" in warn and "upstream" in warn
         applied = proc.wait_for_line("SIGHUP: configuration reloaded")
         assert "log_level" in applied and "http_allowed_hosts" in applied
+        assert "api_token" in applied
         assert "metrics_tags" in applied
 
         # the session goes on, on the same backend, through the running upstream
@@ -154,6 +165,9 @@ def test_sighup_applies_the_config_file_without_dropping_a_psql_session(
         assert http_status(hport, "/api/queries", "dbproxy.internal") == 200
         assert http_status(hport, "/api/queries", "evil.example") == 421
         proc.wait_for_line(" DEBUG ")
+        # the rotated token is the one POST /api/reset takes now
+        assert http_post(hport, "/api/reset", "first-token-0123456789abcdef") == 403
+        assert http_post(hport, "/api/reset", TOKEN) == 200
         # /api/status and the metrics name what waits for a restart (never values)
         status = json.loads(http_get(hport, "/api/status"))
         assert status["reload"]["restart_pending"] == ["listen", "upstream"]
@@ -163,7 +177,7 @@ def test_sighup_applies_the_config_file_without_dropping_a_psql_session(
         metrics = http_get(hport, "/metrics")
         assert "dbproxy_config_restart_pending 2.0" in metrics
         assert 'dbproxy_config_reloads_total{result="ok"} 1.0' in metrics
-        assert "dbproxy_http_refused_total 2.0" in metrics  # the two 421s
+        assert "dbproxy_http_refused_total 3.0" in metrics  # two 421s, one 403
         # a new connection still goes to the old listen address and upstream
         second = PsqlSession(pg_server, port)
         assert second.query("select 7;") == "7"
@@ -184,6 +198,7 @@ def test_sighup_applies_the_config_file_without_dropping_a_psql_session(
             session.close()
         proc.stop()
     assert "first-token" not in "".join(proc.stderr_lines)
+    assert TOKEN not in "".join(proc.stderr_lines)
 
 
 def test_sighup_reloads_every_worker(pg_server: PgServer, tmp_path: Path) -> None:
