@@ -568,12 +568,14 @@ def access_policy(config: ProxyConfig) -> AccessPolicy:
 
 async def serve(config: ProxyConfig, source: ConfigSource | None = None) -> None:
     app = App(config)
-    await app.start()
     loop = asyncio.get_running_loop()
+    # before start: a signal that arrives while it starts (after "listening on") is
+    # handled once it has started, rather than killing it by the default action
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
     reloader = app.reloader(source, config) if source is not None else None
     loop.add_signal_handler(signal.SIGHUP, app.hangup, reloader)
+    await app.start()
     await app.run_until_stopped()
     log.info("dbproxy stopped")
 
