@@ -23,9 +23,11 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry
 
 from dbproxy import __version__, speedups
-from dbproxy.config import ProxyConfig
+from dbproxy.config import ConfigSource, ProxyConfig
 from dbproxy.errors import ConfigError
+from dbproxy.export.access import AccessGuard, AccessPolicy, is_loopback
 from dbproxy.export.api import RowExtras
+from dbproxy.export.control import ControlCollector, status_routes
 from dbproxy.export.findings import FindingsCollector, FindingsEndpoints
 from dbproxy.export.http import HttpServer, Route, export_routes
 from dbproxy.export.notify import Notifier, NotifierSettings, build_notifier
@@ -52,6 +54,7 @@ from dbproxy.observe.regression import RegressionMonitor
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import Event
 from dbproxy.proxy.server import ProxyServer
+from dbproxy.reload import Reloader
 from dbproxy.sql.cache import Fingerprinter
 from dbproxy.workers.merged import MergedStats, Peers
 
@@ -178,7 +181,7 @@ class App:
             extra_routes.extend(
                 FindingsEndpoints(
                     self.regression,
-                    api_token=config.api_token,
+                    api_token=lambda: self.config.api_token,  # SIGHUP may change it
                     wait_events=self.activity.top_wait_events if self.activity else None,
                 ).routes()
             )
@@ -205,7 +208,7 @@ class App:
             ready=self.proxy.check_upstream,
             registry=self.registry,
             collector=self.collector,
-            api_token=config.api_token,
+            api_token=lambda: self.config.api_token,  # SIGHUP may change it
             ui=config.ui,
             trace_url_template=config.ui_trace_url,
             extra_routes=extra_routes,
@@ -213,7 +216,14 @@ class App:
         )
         if self.merged is not None:
             routes = self.merged.wrap_routes(routes)
-        self.http = HttpServer(config.http_listen.host, config.http_listen.port, routes)
+        self.access = AccessGuard(access_policy(config), bound=lambda: self.http.address)
+        routes.append(self.access.login_route())
+        self._reloader: Reloader | None = None  # set when SIGHUP handling is installed
+        routes.extend(status_routes(self.access, lambda: self._reloader))
+        self.registry.register(ControlCollector(self.access, lambda: self._reloader))
+        self.http = HttpServer(
+            config.http_listen.host, config.http_listen.port, routes, guard=self.access.check
+        )
         # consumers that take the tracing notes, then plain ones (tests' recorders)
         self._note_consumers: list[NoteConsumer] = [self.aggregator.consume]
         if self.query_log is not None:
@@ -335,6 +345,45 @@ class App:
         log.info("dbproxy %s, observer modules: %s", __version__, speedups.status().describe())
         what = "the web UI, /metrics, /api" if self.config.ui else "/metrics, /api"
         log.info("dbproxy serving %s and health checks on http://%s/", what, self.http.address)
+        if not is_loopback(self.http.address.host) and self.config.api_token is None:
+            log.warning(
+                "HTTP listens on %s without a token: anyone who reaches it reads the API "
+                "and the UI; set DBPROXY_API_TOKEN (or --api-token-file)",
+                self.http.address,
+            )
+
+    def apply_config(self, config: ProxyConfig, changed: Sequence[str]) -> None:
+        """SIGHUP (:mod:`dbproxy.reload`): ``config`` is the running configuration with
+        the live-changeable ``changed`` settings replaced.  Open sessions keep going; new
+        connections read ``self.proxy.config``."""
+        self.config = config
+        self.proxy.config = config
+        if "log_level" in changed:
+            logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
+        self.access.update(access_policy(config))
+        self.collector.update(
+            max_fingerprints=config.metrics_max_fingerprints, metrics_tags=config.metrics_tags
+        )
+        if self.query_log is not None:
+            self.query_log.update(
+                log_slow_ms=config.log_slow_ms,
+                log_errors=config.log_errors,
+                log_sessions=config.log_sessions,
+            )
+
+    def reloader(self, source: ConfigSource, loaded: ProxyConfig, *, who: str = "") -> Reloader:
+        """What SIGHUP calls: the config file again, applied live where it can be."""
+        self._reloader = Reloader(source, loaded, lambda: self.config, self.apply_config, who=who)
+        return self._reloader
+
+    def hangup(self, reloader: Reloader | None) -> None:
+        """SIGHUP: reopen the query log (logrotate), reload the configuration, then the
+        TLS certificates (renewed on disk, or named anew by the reloaded file)."""
+        if self.query_log is not None:
+            self.query_log.reopen()
+        if reloader is not None:
+            reloader()
+        self.proxy.reload_tls()
 
     def local_dump(self) -> WorkerDump:
         """This process's statistics and counters (what another worker's merge reads);
@@ -514,19 +563,24 @@ def _build_activity(
     )
 
 
-async def serve(config: ProxyConfig) -> None:
+def access_policy(config: ProxyConfig) -> AccessPolicy:
+    return AccessPolicy(
+        token=config.api_token,
+        allowed_hosts=config.http_allowed_hosts,
+        metrics_auth=config.metrics_auth,
+    )
+
+
+async def serve(config: ProxyConfig, source: ConfigSource | None = None) -> None:
     app = App(config)
-    await app.start()
     loop = asyncio.get_running_loop()
+    # before start: a signal that arrives while it starts (after "listening on") is
+    # handled once it has started, rather than killing it by the default action
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
-
-    def hangup() -> None:
-        if app.query_log is not None:
-            app.query_log.reopen()  # after logrotate
-        app.proxy.reload_tls()  # certificates renewed on disk
-
-    loop.add_signal_handler(signal.SIGHUP, hangup)
+    reloader = app.reloader(source, config) if source is not None else None
+    loop.add_signal_handler(signal.SIGHUP, app.hangup, reloader)
+    await app.start()
     await app.run_until_stopped()
     log.info("dbproxy stopped")
 
@@ -541,11 +595,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run(config: ProxyConfig) -> None:
+def run(config: ProxyConfig, source: ConfigSource | None = None) -> None:
+    """``source``: where ``config`` came from, so SIGHUP can reload it."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         if config.workers > 1:
             from dbproxy.workers.supervisor import serve_workers
 
-            runner.run(serve_workers(config))
+            runner.run(serve_workers(config, source))
         else:
-            runner.run(serve(config))
+            runner.run(serve(config, source))

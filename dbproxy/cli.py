@@ -6,12 +6,11 @@ Errors the user can fix are one line on stderr and exit status 2, never a traceb
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from dbproxy import __version__
-from dbproxy.config import cli_settings, environment, load_config
+from dbproxy.config import ConfigSource, cli_settings, environment
 from dbproxy.errors import ConfigError
 
 EXIT_USAGE = 2
@@ -71,11 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from dbproxy.logsafe import setup_logging
+
+    setup_logging(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
     from dbproxy import app
 
     cli_values = {setting.name: getattr(args, setting.name) for setting in cli_settings()}
-    config = load_config(cli_values, environment(), args.config)
+    source = ConfigSource(cli_values, dict(environment()), args.config)
+    config = source.load()
     _setup_logging(config.log_level)
-    app.run(config)
+    app.run(config, source)
     return 0

@@ -141,8 +141,14 @@ class ProxyConfig:
     max_fingerprints: int = 10_000
     #: attribution tags (application, route, …) exported as metric labels
     metrics_tags: tuple[str, ...] = ()
-    #: bearer token that enables POST /api/reset (environment or file only)
+    #: the HTTP token (secret: environment, config file or a file, never a flag): bearer
+    #: token for POST endpoints, and for /api and the UI when HTTP is not on loopback
     api_token: str | None = field(default=None, repr=False)
+    #: Host header names accepted besides localhost, IP literals and the bound address
+    #: (DNS rebinding); "*" accepts any, ".example.com" a domain and its subdomains
+    http_allowed_hosts: tuple[str, ...] = ()
+    #: /metrics needs the HTTP token too (Prometheus: authorization.credentials_file)
+    metrics_auth: bool = False
     #: JSON query log: "off", "-" (standard output) or a file path (appended, reopened on SIGHUP)
     query_log: str = "off"
     #: statements at least this slow (milliseconds) get a slow_query line; None: off
@@ -392,6 +398,14 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _host_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    for name in names:
+        if name != "*" and not all(c.isalnum() or c in ".-_:[]" for c in name):
+            raise ValueError(f"not a host name: {name!r}")
+    return names
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -601,7 +615,24 @@ _SETTINGS: tuple[_Setting, ...] = (
         "TAGS",
         "attribution tags exported per fingerprint, e.g. application,route (none)",
     ),
-    _Setting("api_token", "DBPROXY_API_TOKEN", _token),  # a secret: never a flag
+    _Setting("api_token", "DBPROXY_API_TOKEN", _token),  # a secret: --api-token-file only
+    _Setting(
+        "http_allowed_hosts",
+        "DBPROXY_HTTP_ALLOWED_HOSTS",
+        _host_list,
+        "--http-allowed-hosts",
+        "NAMES",
+        "Host header names accepted besides localhost, IP literals and the listen address "
+        "(DNS rebinding), e.g. dbproxy.internal,.example.com (none)",
+    ),
+    _Setting(
+        "metrics_auth",
+        "DBPROXY_METRICS_AUTH",
+        _bool,
+        "--metrics-auth",
+        "on|off",
+        "/metrics needs the HTTP token as a bearer token (off)",
+    ),
     _Setting(
         "query_log",
         "DBPROXY_QUERY_LOG",
@@ -890,13 +921,65 @@ _SETTINGS = (*_SETTINGS, *_DETECTION_SETTINGS)
 _SECRETS = frozenset(["api_token", "auth_dsn", "inspect_dsn", "slack_webhook_url", "webhook_url"])
 
 
+#: A setting's value read from a file: ``NAME_file`` in the TOML file, ``DBPROXY_NAME_FILE``
+#: in the environment, and for secrets ``--name-file`` on the command line (systemd
+#: credentials, Docker/Kubernetes secrets).  The file's content, without its final newline.
+FILE_SUFFIX = "_file"
+#: the standard variables that may hold credentials and can come from ``NAME_FILE`` too
+_ENV_SECRETS = (
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "PYROSCOPE_AUTH_TOKEN",
+    "PYROSCOPE_BASIC_AUTH_PASSWORD",
+)
+
+
 def cli_settings() -> tuple[CliSetting, ...]:
-    """The settings that have a ``dbproxy run`` flag, in declaration order."""
-    return tuple(
+    """The settings that have a ``dbproxy run`` flag, in declaration order; then the
+    ``--SECRET-file`` flags (a secret's value never goes on the command line)."""
+    flags = [
         CliSetting(name=s.name, flag=s.flag, metavar=s.metavar, help=s.help, const=s.const)
         for s in _SETTINGS
         if s.flag is not None
-    )
+    ]
+    for s in _SETTINGS:
+        if s.name in _SECRETS:
+            flags.append(
+                CliSetting(
+                    name=s.name + FILE_SUFFIX,
+                    flag="--" + s.name.replace("_", "-") + "-file",
+                    metavar="FILE",
+                    help=f"read {s.name} ({s.env}) from FILE",
+                    const=None,
+                )
+            )
+    return tuple(flags)
+
+
+def _read_secret_file(path: str, origin: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read {origin} {path}: {reason}") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where a configuration came from, so SIGHUP can build it again (picklable: workers
+    get it too).  ``env`` is a copy of the environment at start."""
+
+    cli: Mapping[str, str | None]
+    env: Mapping[str, str]
+    config_file: str | None = None
+
+    def load(self) -> ProxyConfig:
+        return load_config(self.cli, self.env, self.config_file)
+
+    @property
+    def path(self) -> str | None:
+        return self.config_file or self.env.get(CONFIG_ENV)
 
 
 CONFIG_ENV = "DBPROXY_CONFIG"
@@ -919,21 +1002,16 @@ def load_config(
     if path:
         file_values = _read_toml(path)
     known = {s.name for s in _SETTINGS}
-    unknown = sorted(set(file_values) - known)
+    unknown = sorted(set(file_values) - known - {n + FILE_SUFFIX for n in known})
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
 
     values: dict[str, object] = {}
     for setting in _SETTINGS:
-        raw: object
-        if cli.get(setting.name) is not None:
-            raw, origin = cli[setting.name], setting.flag or setting.name
-        elif setting.env in env:
-            raw, origin = env[setting.env], setting.env
-        elif setting.name in file_values:
-            raw, origin = file_values[setting.name], f"{path}: {setting.name}"
-        else:
+        found = _raw_value(setting, cli, env, file_values, path)
+        if found is None:
             continue
+        raw, origin = found
         if setting.name == "inspect_dsn" and origin == setting.flag and _has_password(str(raw)):
             raise ConfigError(
                 "--inspect-dsn must not hold a password (the command line is visible to "
@@ -943,6 +1021,7 @@ def load_config(
         if isinstance(raw, list) and setting.name in (
             "listen",
             "metrics_tags",
+            "http_allowed_hosts",
             "inspect_exclude",
             "detect_baseline",
         ):
@@ -959,8 +1038,12 @@ def load_config(
         assert isinstance(listen, tuple)
         values["listen"], values["listen_also"] = listen[0], listen[1:]
     assert {f.name for f in fields(ProxyConfig)} >= set(values)
-    values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
-    values["pyroscope_env"] = {k: v for k, v in env.items() if k.startswith("PYROSCOPE_")}
+    values["otel_env"] = _env_group(env, "OTEL_")
+    values["pyroscope_env"] = _env_group(env, "PYROSCOPE_")
+    if values.get("metrics_auth") and not values.get("api_token"):
+        raise ConfigError(
+            "--metrics-auth needs the HTTP token: set DBPROXY_API_TOKEN or --api-token-file"
+        )
     if values.get("sample_analyze") and not values.get("inspect_dsn"):
         raise ConfigError(
             "--sample-analyze needs the side connection: set DBPROXY_INSPECT_DSN "
@@ -979,6 +1062,59 @@ def _check_tls(values: Mapping[str, object]) -> None:
         "upstream_tls_ca"
     ):
         raise ConfigError("--upstream-tls verify-ca/verify-full needs --upstream-tls-ca")
+
+
+def _raw_value(
+    setting: _Setting,
+    cli: Mapping[str, str | None],
+    env: Mapping[str, str],
+    file_values: Mapping[str, object],
+    path: str | None,
+) -> tuple[object, str] | None:
+    """A setting's raw value and where it came from, highest precedence first; at each
+    level the value itself or ``…_file`` naming a file that holds it, not both."""
+    file_flag = "--" + setting.name.replace("_", "-") + "-file"
+    levels: tuple[tuple[object, object, str, str], ...] = (
+        (
+            cli.get(setting.name),
+            cli.get(setting.name + FILE_SUFFIX),
+            setting.flag or setting.name,
+            file_flag,
+        ),
+        (
+            env.get(setting.env),
+            env.get(setting.env + "_FILE"),
+            setting.env,
+            setting.env + "_FILE",
+        ),
+        (
+            file_values.get(setting.name),
+            file_values.get(setting.name + FILE_SUFFIX),
+            f"{path}: {setting.name}",
+            f"{path}: {setting.name}{FILE_SUFFIX}",
+        ),
+    )
+    for direct, from_file, origin, file_origin in levels:
+        if direct is not None and from_file is not None:
+            raise ConfigError(f"{origin} and {file_origin} are both set: keep one")
+        if direct is not None:
+            return direct, origin
+        if from_file is not None:
+            return _read_secret_file(str(from_file), file_origin), file_origin
+    return None
+
+
+def _env_group(env: Mapping[str, str], prefix: str) -> dict[str, str]:
+    """The ``prefix*`` variables, with ``NAME_FILE`` read into ``NAME`` for the ones that
+    hold credentials (``_ENV_SECRETS``)."""
+    group = {k: v for k, v in env.items() if k.startswith(prefix)}
+    for name in _ENV_SECRETS:
+        file_var = name + "_FILE"
+        if name.startswith(prefix) and file_var in group:
+            if name in group:
+                raise ConfigError(f"{name} and {file_var} are both set: keep one")
+            group[name] = _read_secret_file(group.pop(file_var), file_var)
+    return group
 
 
 def _read_toml(path: str) -> dict[str, object]:

@@ -167,9 +167,12 @@ class Snapshot:
 class Fetcher:
     """``GET {url}/api/queries?sort=…&limit=…`` with a timeout; failures are :class:`TopError`."""
 
-    def __init__(self, base_url: str, *, timeout: float) -> None:
+    def __init__(self, base_url: str, *, timeout: float, token: str | None = None) -> None:
         self.base_url = base_url
         self.timeout = timeout
+        self._headers = {"Accept": "application/json", "User-Agent": f"dbproxy-top/{__version__}"}
+        if token:  # the proxy's HTTP token, needed when its HTTP is not on loopback
+            self._headers["Authorization"] = f"Bearer {token}"
         # A local metrics port: environment HTTP proxies would only get in the way.
         self._opener = build_opener(ProxyHandler({}))
 
@@ -179,7 +182,7 @@ class Fetcher:
     def fetch(self, sort: str, limit: int) -> Snapshot:
         request = Request(
             self.url(sort, limit),
-            headers={"Accept": "application/json", "User-Agent": f"dbproxy-top/{__version__}"},
+            headers=self._headers,
         )
         started = time.monotonic()
         try:
@@ -815,6 +818,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the proxy's HTTP server, its --http-listen (DBPROXY_TOP_URL, {DEFAULT_URL})",
     )
     parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the proxy's HTTP token, when its HTTP server is not on loopback "
+        "(else DBPROXY_API_TOKEN, as the proxy reads it)",
+    )
+    parser.add_argument(
         "--interval",
         type=_positive_float,
         default=2.0,
@@ -854,7 +863,14 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     timeout = args.timeout if args.timeout is not None else min(max(args.interval, 2.0), 10.0)
-    fetcher = Fetcher(url, timeout=timeout)
+    token = environment().get("DBPROXY_API_TOKEN")
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.read().removesuffix("\n").removesuffix("\r")
+        except OSError as exc:
+            return _fail(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}")
+    fetcher = Fetcher(url, timeout=timeout, token=token)
     try:
         first = fetcher.fetch(args.sort, args.limit)
     except TopError as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import math
 import os
 import shlex
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from dbproxy.config import Address, ProxyConfig, parse_address
 from dbproxy.errors import ConfigError
+from dbproxy.logsafe import setup_logging
 
 if TYPE_CHECKING:
     from dbproxy.app import App
@@ -160,11 +160,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"dbproxy demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Only warnings and errors from the library: the demo prints its own story.
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging("warning")  # tracebacks without messages, as `dbproxy run`
     from dbproxy.app import new_event_loop
 
     demo = Demo(options, binaries, out=sys.stdout)

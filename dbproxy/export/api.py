@@ -77,7 +77,7 @@ GROUP_BY_NOTE = (
     "times, rows and errors are per query, not per value"
 )
 RESET_HOWTO = (
-    "POST /api/reset is disabled: start dbproxy with --api-token <token> "
+    "POST /api/reset is disabled: start dbproxy with --api-token-file FILE "
     "(or DBPROXY_API_TOKEN) and send 'Authorization: Bearer <token>'"
 )
 
@@ -352,6 +352,14 @@ TRACE_URL_PLACEHOLDERS = ("{trace_id}", "{span_id}")
 def ui_config(trace_url_template: str | None) -> dict[str, Any]:
     """``GET /api/ui-config``: settings the web UI reads at start."""
     return {"trace_url_template": trace_url_template or None}
+
+
+#: the API token, or a callable giving the current one (it changes on SIGHUP)
+TokenSource = str | None | Callable[[], str | None]
+
+
+def current_token(source: TokenSource) -> str | None:
+    return source() if callable(source) else source
 
 
 def authorize_reset(configured_token: str | None, authorization: str | None) -> None:

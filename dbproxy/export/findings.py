@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dbproxy.export.api import ApiError, iso_utc
+from dbproxy.export.api import ApiError, TokenSource, current_token, iso_utc
 from dbproxy.export.http import Request, Response, Route
 from dbproxy.export.notify import OUTCOMES, Notifier
 from dbproxy.observe.detector import FINDING_TYPES, Finding
@@ -54,7 +54,7 @@ def authorize_change(api_token: str | None, request: Request) -> None:
         return
     raise ApiError(
         403,
-        "send 'Authorization: Bearer <token>' (--api-token / DBPROXY_API_TOKEN) "
+        "send 'Authorization: Bearer <token>' (DBPROXY_API_TOKEN / --api-token-file) "
         "or post from the web UI",
     )
 
@@ -75,7 +75,7 @@ class FindingsEndpoints:
         self,
         monitor: RegressionMonitor,
         *,
-        api_token: str | None = None,
+        api_token: TokenSource = None,
         wait_events: WaitEvents | None = None,
     ) -> None:
         self.monitor = monitor
@@ -122,7 +122,7 @@ class FindingsEndpoints:
 
     async def deploys(self, request: Request) -> Response:
         if request.method == "POST":
-            authorize_change(self.api_token, request)
+            authorize_change(current_token(self.api_token), request)
             version, at = _parse_deploy(request.body)
             deploy = self.monitor.mark_deploy(version, at)
             return Response.json(200, {"deploy": deploy.as_json()})

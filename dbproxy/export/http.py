@@ -45,12 +45,15 @@ _LINGER_MAX_BYTES = 1 << 20
 
 _REASONS = {
     200: "OK",
+    303: "See Other",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     413: "Content Too Large",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -98,6 +101,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: runs before routing (export/access.py): None lets the request through, else the refusal
+Guard = Callable[[Request], "Response | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +149,9 @@ class HttpServer:
         max_body_bytes: int = 64 * 1024,
         request_timeout: float = 10.0,
         max_connections: int = 64,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard
         self.host = host
         self.port = port
         self.routes = tuple(routes)
@@ -197,7 +204,8 @@ class HttpServer:
                 async with asyncio.timeout(self.request_timeout):
                     request = await self._read_request(reader)
                 method = request.method
-                response = await self._dispatch(request)
+                refusal = self.guard(request) if self.guard is not None else None
+                response = refusal or await self._dispatch(request)
             except _HttpError as exc:
                 response = Response.text(exc.status, exc.message + "\n")
             except TimeoutError:
@@ -432,7 +440,7 @@ class ApiEndpoints:
         self,
         stats: api.StatsSource,
         *,
-        api_token: str | None = None,
+        api_token: api.TokenSource = None,
         clock: Callable[[], float] = time.time,
         row_extras: api.RowExtras | None = None,
     ) -> None:
@@ -467,7 +475,7 @@ class ApiEndpoints:
         return Response.json(200, api.connections(self.stats.snapshot(top=None)))
 
     async def reset(self, request: Request) -> Response:
-        api.authorize_reset(self.api_token, request.header("authorization"))
+        api.authorize_reset(api.current_token(self.api_token), request.header("authorization"))
         return Response.json(200, api.reset(self.stats, now=self.clock()))
 
 
@@ -542,7 +550,7 @@ def export_routes(
     ready: ReadyCheck,
     registry: CollectorRegistry | None = None,
     collector: DbproxyCollector | None = None,
-    api_token: str | None = None,
+    api_token: api.TokenSource = None,
     ui: bool = True,
     trace_url_template: str | None = None,
     extra_routes: Iterable[Route] = (),

@@ -255,6 +255,11 @@ class DbproxyCollector(Collector):
         self._version = version
         self._buckets = _Buckets()
 
+    def update(self, *, max_fingerprints: int, metrics_tags: tuple[str, ...]) -> None:
+        """New series settings (SIGHUP reload); the next scrape uses them."""
+        self._max_fingerprints = max_fingerprints
+        self._tags = tuple(metrics_tags)
+
     def describe(self) -> list[Metric]:
         # Nothing to describe up front: registering must not take a snapshot.
         return []

@@ -555,6 +555,12 @@ class QueryLog:
                 self.write_errors += 1
 
     # ------------------------------------------------------------------ control
+    def update(self, *, log_slow_ms: float | None, log_errors: bool, log_sessions: bool) -> None:
+        """New line settings (SIGHUP reload); on the loop that calls ``consume``."""
+        self._slow_ns = None if log_slow_ms is None else int(log_slow_ms * 1e6)
+        self._log_errors = log_errors
+        self._log_sessions = log_sessions
+
     def reopen(self) -> None:
         """Reopen the file (after log rotation; e.g. on SIGHUP).  Safe to call from the
         event loop: with the writer thread, the reopen happens there, before its next

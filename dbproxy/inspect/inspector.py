@@ -346,14 +346,10 @@ class Inspector:
             except Exception as exc:
                 outcome = "failed"
                 self._backoff(job)
-                # A sample's error message may quote a bound value ('invalid input syntax
-                # for type integer: "…"'): only its class and SQLSTATE are logged.  Plans
-                # and pg_stat_statements reads send no value, so their messages hold none.
-                detail = (
-                    f"SQLSTATE {getattr(exc, 'sqlstate', None) or '?'}"
-                    if isinstance(job, _SampleJob)
-                    else str(exc)
-                )
+                # A server's message may quote a value ('invalid input syntax for type
+                # integer: "…"', a DETAIL echoing a key): only the class and SQLSTATE are
+                # logged, never server error text.
+                detail = f"SQLSTATE {getattr(exc, 'sqlstate', None) or '?'}"
                 log.warning(
                     "inspector %s job for %s failed: %s: %s",
                     kind,

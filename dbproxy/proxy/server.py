@@ -86,7 +86,10 @@ class ProxyServer:
 
     def reload_tls(self) -> bool:
         """SIGHUP: re-read certificates, key and CA (a bad file keeps the old ones)."""
-        return self.tls.reload() if self.tls is not None else True
+        if self.tls is None:
+            return True
+        self.tls.config = self.config  # a reload may name other files
+        return self.tls.reload()
 
     @property
     def address(self) -> Address:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
-from dbproxy.config import ProxyConfig
+from dbproxy.config import ConfigSource, ProxyConfig
 from dbproxy.observe.dump import WorkerDump
 from dbproxy.workers.channel import ChannelError, fetch_dump, request_reset
 
@@ -69,6 +69,9 @@ class WorkerPool:
         self.directory = tempfile.mkdtemp(prefix="dbproxy-workers-")  # mode 0700
         self._config: ProxyConfig | None = None
         self._unix_socket: socket.socket | None = None
+        #: where the configuration came from and what it gave (SIGHUP reloads in workers)
+        self.source: ConfigSource | None = None
+        self.loaded: ProxyConfig | None = None
         self._procs: dict[int, BaseProcess] = {}
         self._recent_restarts: dict[int, deque[float]] = {}
         self._retry: dict[int, asyncio.TimerHandle] = {}
@@ -95,6 +98,11 @@ class WorkerPool:
         for index in range(1, self._count):
             self._spawn(index)
 
+    def reconfigure(self, config: ProxyConfig, loaded: ProxyConfig) -> None:
+        """After a SIGHUP reload: what a restarted worker starts with."""
+        self._config = config
+        self.loaded = loaded
+
     def _spawn(self, index: int) -> None:
         assert self._config is not None
         from dbproxy.workers.worker import worker_main
@@ -102,11 +110,25 @@ class WorkerPool:
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(
             target=worker_main,
-            args=(self._config, index, self.socket_path(index), os.getpid(), self._unix_socket),
+            args=(
+                self._config,
+                index,
+                self.socket_path(index),
+                os.getpid(),
+                self._unix_socket,
+                None if self.source is None or self.loaded is None else (self.source, self.loaded),
+            ),
             name=f"dbproxy-worker-{index}",
             daemon=True,  # multiprocessing's exit handler also ends it
         )
-        proc.start()
+        # the child starts with SIGHUP blocked (the mask survives fork and exec) and
+        # unblocks it once its handler is in place: a SIGHUP forwarded while it starts
+        # would otherwise kill it (default action); this way it is delivered late
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._procs[index] = proc
         self._all_exited.clear()
         asyncio.get_running_loop().add_reader(proc.sentinel, self._exited, index, proc)
@@ -245,11 +267,12 @@ def _stop_resource_tracker() -> None:
             stop()
 
 
-async def serve_workers(config: ProxyConfig) -> None:
+async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None) -> None:
     """``dbproxy run --workers N`` (N > 1): this process is worker 0 and the supervisor."""
     from dbproxy.app import App
 
     pool = WorkerPool(config.workers)
+    pool.source, pool.loaded = source, config
     try:
         app = App(config, peers=pool)
         await app.start()
@@ -273,11 +296,15 @@ async def serve_workers(config: ProxyConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    reloader = app.reloader(source, config) if source is not None else None
+
     def hangup() -> None:
-        if app.query_log is not None:
-            app.query_log.reopen()
-        app.proxy.reload_tls()
-        sent = pool.signal_all(signal.SIGHUP)
+        app.hangup(reloader)  # query log reopened, configuration and TLS files reloaded
+        if reloader is not None:
+            pool.reconfigure(
+                dataclasses.replace(app.config, listen=app.proxy.address), reloader.loaded
+            )
+        sent = pool.signal_all(signal.SIGHUP)  # each worker reloads on its own
         what = "query log reopened" if app.query_log is not None else "no query log to reopen"
         log.info("SIGHUP: %s; forwarded to %d worker(s)", what, sent)
 

@@ -18,8 +18,9 @@ import signal
 import socket
 import sys
 
-from dbproxy.config import ProxyConfig
+from dbproxy.config import ConfigSource, ProxyConfig
 from dbproxy.errors import ConfigError
+from dbproxy.logsafe import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +39,26 @@ def _die_with_parent(parent_pid: int) -> None:
         raise SystemExit(0)
 
 
-def worker_main(
+def worker_main(  # noqa: PLR0917 - a multiprocessing target: positional args
     config: ProxyConfig,
     index: int,
     socket_path: str,
     parent_pid: int,
     unix_socket: socket.socket | None = None,
+    reload_from: tuple[ConfigSource, ProxyConfig] | None = None,
 ) -> None:
+    """``unix_socket``: worker 0's ``--listen-unix`` socket to accept on too;
+    ``reload_from``: the configuration's source and what it gave (SIGHUP reloads)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # inherited; until handled
     _die_with_parent(parent_pid)
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
-        stream=sys.stderr,
+    setup_logging(
+        config.log_level, f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
     )
     from dbproxy.app import new_event_loop
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve(config, index, socket_path, parent_pid, unix_socket))
+            runner.run(_serve(config, index, socket_path, parent_pid, unix_socket, reload_from))
     except ConfigError as exc:
         log.error("dbproxy worker %d: %s", index, exc)
         raise SystemExit(2) from None
@@ -63,12 +66,13 @@ def worker_main(
         pass
 
 
-async def _serve(
+async def _serve(  # noqa: PLR0917 - worker_main's arguments, passed on
     config: ProxyConfig,
     index: int,
     socket_path: str,
     parent_pid: int,
     unix_socket: socket.socket | None,
+    reload_from: tuple[ConfigSource, ProxyConfig] | None,
 ) -> None:
     from dbproxy.app import App
     from dbproxy.workers.channel import StatsChannelServer
@@ -83,15 +87,18 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
 
+    reloader = None
+    if reload_from is not None:
+        source, loaded = reload_from
+        reloader = app.reloader(source, loaded, who=f"worker {index}: ")
+
     def hangup() -> None:
+        app.hangup(reloader)  # query log reopened, configuration reloaded
         if app.query_log is not None:
-            app.query_log.reopen()
             log.info("SIGHUP: query log reopened")
-        else:
-            log.info("SIGHUP: no query log to reopen")
-        app.proxy.reload_tls()
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one sent meanwhile: now
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
 

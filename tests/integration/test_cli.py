@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -23,9 +23,12 @@ from dbproxy.pgcluster import PgServer, free_port
 
 
 class ProxyProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
+        """``prefix``: a command that runs it (``setpriv --reuid nobody …``)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dbproxy", "run", *args],
+            [*prefix, sys.executable, "-m", "dbproxy", "run", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -63,10 +63,11 @@ def test_every_flag_is_a_setting_and_names_itself_in_errors() -> None:
     names = {f.name for f in fields(ProxyConfig)}
     flags = cli_settings()
     assert len({s.flag for s in flags}) == len(flags)
-    for setting in flags:
-        assert setting.name in names
-    # a secret has no flag
+    for setting in flags:  # a setting, or --NAME-file for a setting NAME (a secret)
+        assert setting.name in names or setting.name.removesuffix("_file") in names
+    # a secret has no flag, only --NAME-file
     assert "api_token" not in {s.name for s in flags}
+    assert "api_token_file" in {s.name for s in flags}
     with pytest.raises(ConfigError, match="--proxy-span"):
         load_config({"trace_proxy_span": "maybe"}, {})
 

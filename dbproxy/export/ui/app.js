@@ -73,6 +73,10 @@
   // --- fetching, live refresh ----------------------------------------------------------
   async function getJSON(url) {
     const r = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    if (r.status === 401) {
+      // HTTP off loopback with a token: the login page sets the UI's cookie
+      window.location.assign("/login");
+    }
     if (!r.ok) {
       let message = `${r.status} ${r.statusText}`;
       try {
