@@ -273,6 +273,13 @@ async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None)
 
     pool = WorkerPool(config.workers)
     pool.source, pool.loaded = source, config
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # before start (as serve() does): a SIGTERM while it starts stops it once started
+    # instead of killing it by the default action; a SIGHUP waits, blocked, for its handler
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         app = App(config, peers=pool)
         await app.start()
@@ -291,11 +298,6 @@ async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None)
         pool.begin_stop()
         await asyncio.gather(app.stop(0), pool.wait_stopped(EXIT_GRACE_S))
         raise
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
     reloader = app.reloader(source, config) if source is not None else None
 
     def hangup() -> None:
@@ -309,9 +311,11 @@ async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None)
         log.info("SIGHUP: %s; forwarded to %d worker(s)", what, sent)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one sent meanwhile: now
     log.info("dbproxy running %d worker processes on %s", config.workers, app.proxy.address)
     await stop.wait()
     log.info("dbproxy stopping %d worker process(es)", len(pool.pids) + 1)
     pool.begin_stop()
-    await asyncio.gather(app.stop(), pool.wait_stopped(config.shutdown_timeout + EXIT_GRACE_S))
+    grace = app.config.shutdown_timeout + EXIT_GRACE_S  # as reloaded, if it was
+    await asyncio.gather(app.stop(), pool.wait_stopped(grace))
     log.info("dbproxy stopped")
