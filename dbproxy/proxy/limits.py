@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.boundary import BoundaryFinder
-from dbproxy.proxy.listeners import is_unix, unix_socket_path
+from dbproxy.proxy.listeners import open_stream
 
 if TYPE_CHECKING:
     from dbproxy.config import ProxyConfig
@@ -90,13 +90,8 @@ async def send_cancel_request(
     """Open a connection to the upstream, send the CancelRequest, wait for the server to
     close it (it answers nothing), up to ``wait_s``.  True when it was delivered."""
     upstream = config.upstream
-    opening = (
-        asyncio.open_unix_connection(unix_socket_path(upstream.host, upstream.port))
-        if is_unix(upstream)
-        else asyncio.open_connection(upstream.host, upstream.port)
-    )
     try:
-        reader, writer = await asyncio.wait_for(opening, config.connect_timeout)
+        reader, writer = await asyncio.wait_for(open_stream(upstream), config.connect_timeout)
     except (OSError, TimeoutError) as exc:
         log.warning("cannot send a CancelRequest to %s: %s", upstream, exc)
         return False

@@ -59,14 +59,17 @@ async def open_upstream(
     return transport, protocol
 
 
+async def open_stream(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream connection to ``address`` (TCP, or a Unix-socket directory)."""
+    if is_unix(address):
+        return await asyncio.open_unix_connection(unix_socket_path(address.host, address.port))
+    return await asyncio.open_connection(address.host, address.port)
+
+
 async def probe(address: Address, timeout_s: float) -> str | None:
     """None when a connection to ``address`` opens within ``timeout_s``, else why not."""
     try:
-        if is_unix(address):
-            coro = asyncio.open_unix_connection(unix_socket_path(address.host, address.port))
-        else:
-            coro = asyncio.open_connection(address.host, address.port)
-        _reader, writer = await asyncio.wait_for(coro, timeout_s)
+        _reader, writer = await asyncio.wait_for(open_stream(address), timeout_s)
     except (OSError, TimeoutError) as exc:
         code = exc.errno if isinstance(exc, OSError) else None
         return os.strerror(code).lower() if code else "timed out"
