@@ -99,55 +99,48 @@ def literal_skeleton(sql: str) -> bytes | None:
         if k == _IDENT:
             # a string prefix (E'', B'', X'', N'', U&''), U&"ident", or an identifier
             nxt = data[i + 1] if i + 1 < n else 0
+            body = -1  # where a prefixed string's body starts
+            backslash = False
             if nxt == _Q and c in (69, 101):  # E e
-                end = _string_end(data, i + 2, n, True)
-                if end < 0:
-                    return None
-                parts.append(data[last:i])
-                parts.append(MARK_STRING)
-                i = last = end
-                continue
-            if nxt == _Q and c in (66, 98, 88, 120, 78, 110):  # B b X x N n
-                end = _string_end(data, i + 2, n, False)
-                parts.append(data[last:i])
-                parts.append(MARK_STRING)
-                i = last = end
-                continue
-            if c in (85, 117) and nxt == _AMP and i + 2 < n:  # U& u&
+                body, backslash = i + 2, True
+            elif nxt == _Q and c in (66, 98, 88, 120, 78, 110):  # B b X x N n
+                body = i + 2
+            elif c in (85, 117) and nxt == _AMP and i + 2 < n:  # U& u&
                 quote = data[i + 2]
                 if quote == _Q:
-                    end = _string_end(data, i + 3, n, False)
-                    parts.append(data[last:i])
-                    parts.append(MARK_STRING)
-                    i = last = end
-                    continue
-                if quote == _DQ:
+                    body = i + 3
+                elif quote == _DQ:
                     i = _quoted_ident_end(data, i + 3, n)
                     continue
-            i += 1
-            while i < n:
-                k = cls[data[i]]
-                if k == _IDENT or k == _DIGIT or k == _DOLLAR:  # noqa: PLR1714, SIM109 - native
-                    i += 1
-                else:
-                    break
+            if body < 0:
+                i += 1
+                while i < n:
+                    k = cls[data[i]]
+                    if k == _IDENT or k == _DIGIT or k == _DOLLAR:  # noqa: PLR1714, SIM109 - native
+                        i += 1
+                    else:
+                        break
+                continue
+            end = _string_end(data, body, n, backslash)
+            if end < 0:
+                return None
+            _cut(parts, data, last, i, MARK_STRING)
+            i = last = end
             continue
         if k == _DIGIT or (k == _DOT and i + 1 < n and cls[data[i + 1]] == _DIGIT):
             end, integer = _number_end(data, i, n)
-            parts.append(data[last:i])
-            parts.append(MARK_INTEGER if integer else MARK_NUMBER)
+            _cut(parts, data, last, i, MARK_INTEGER if integer else MARK_NUMBER)
             i = last = end
             continue
         if k == _QUOTE:
             end = _string_end(data, i + 1, n, False)
-            parts.append(data[last:i])
-            parts.append(MARK_STRING)
+            _cut(parts, data, last, i, MARK_STRING)
             i = last = end
             continue
         if k == _DQUOTE:
             i = _quoted_ident_end(data, i + 1, n)
             continue
-        if k == _DASH:
+        elif k == _DASH:
             if i + 1 < n and data[i + 1] == 45:  # line comment: kept, skipped
                 i += 2
                 while i < n and data[i] != _LF and data[i] != _CR:
@@ -170,6 +163,12 @@ def literal_skeleton(sql: str) -> bytes | None:
         return NO_CONSTANT
     parts.append(data[last:])
     return b"".join(parts)
+
+
+def _cut(parts: list[bytes], data: bytes, last: int, start: int, mark: bytes) -> None:
+    """The bytes kept since ``last``, then ``mark`` for the constant starting at ``start``."""
+    parts.append(data[last:start])
+    parts.append(mark)
 
 
 def _string_end(data: bytes, i: int, n: int, backslash: bool) -> int:
