@@ -88,8 +88,7 @@ class ProxyServer:
         """SIGHUP: re-read certificates, key and CA (a bad file keeps the old ones)."""
         if self.tls is None:
             return True
-        self.tls.config = self.config  # a reload may name other files
-        return self.tls.reload()
+        return self.tls.reload(self.config)  # a reloaded config may name other files
 
     @property
     def address(self) -> Address:

@@ -85,13 +85,18 @@ class TlsSettings:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    def reload(self) -> bool:
-        """Re-read certificate, key and CA; on any error keep the old contexts (and say
-        why).  New connections use the new contexts; open ones keep theirs."""
+    def reload(self, config: ProxyConfig | None = None) -> bool:
+        """Re-read certificate, key and CA (the files ``config`` names, when given); on any
+        error keep the old contexts (and say why).  New connections use the new contexts;
+        open ones keep theirs."""
+        previous = self.config
+        if config is not None:
+            self.config = config
         try:
             client = self._client_context() if self.config.client_tls != "disable" else None
             upstream = self._upstream_context() if self.config.upstream_tls != "disable" else None
         except (OSError, ssl.SSLError, ValueError) as exc:
+            self.config = previous
             log.error("TLS reload failed, keeping the previous certificates: %s", exc)
             return False
         if client is not None:
