@@ -1,7 +1,9 @@
 """Incremental framing of a PostgreSQL byte stream (sans-I/O).
 
 ``FrameReader.feed(data)`` takes whatever bytes arrived and returns the messages that
-became complete, as ``(type, length, body)`` tuples:
+became complete, as ``(type, length, body)`` tuples; the session machine reads them one at
+a time without building those (``start(data)``, then ``next_frame()`` until it returns -1,
+with the frame's ``body`` and ``length`` in attributes):
 
 * ``type`` is the message-type byte as an int, or ``STARTUP`` (0) for the untyped
   packets of the startup phase (StartupMessage, SSLRequest, GSSENCRequest,
@@ -83,13 +85,19 @@ class FrameReader:
         "_body",
         "_cap_left",
         "_capture",
+        "_data",
         "_error",
         "_length",
         "_max_length",
+        "_n",
         "_pending",
+        "_pos",
+        "_ready",
         "_remaining",
         "_startup",
         "_type",
+        "body",
+        "length",
     )
 
     def __init__(
@@ -112,6 +120,13 @@ class FrameReader:
         self._length = 0
         self._cap_left = 0
         self._body = bytearray()
+        # the read being taken apart (start / next_frame) and the frame just returned
+        self._data = b""
+        self._pos = 0
+        self._n = 0
+        self._ready = -1  # a frame completed by start(), returned first
+        self.body = b""
+        self.length = 0
 
     @classmethod
     def for_frontend(cls, text_limit: int = DEFAULT_TEXT_LIMIT) -> FrameReader:
@@ -136,9 +151,22 @@ class FrameReader:
         return self._remaining, self._pending
 
     def feed(self, data: bytes) -> list[Frame]:
+        """Every frame completed by ``data``, as tuples (the convenient form; the session
+        machine reads frames one by one with :meth:`start` / :meth:`next_frame`)."""
         out: list[Frame] = []
+        self.start(data)
+        while True:
+            msg_type = self.next_frame()
+            if msg_type < 0:
+                return out
+            out.append((msg_type, self.length, self.body))
+
+    def start(self, data: bytes) -> None:
+        """Take the next read; :meth:`next_frame` then returns the frames it completes.
+        Any frames of the previous read not taken yet are dropped."""
         n = len(data)
         pos = 0
+        self._ready = -1
         if self._remaining:
             take = self._remaining if self._remaining < n else n
             if self._cap_left:
@@ -147,72 +175,94 @@ class FrameReader:
                 self._cap_left -= keep
             self._remaining -= take
             pos = take
-            if self._remaining:
-                return out
-            self._finish(out, bytes(self._body))
-            self._body = bytearray()
+            if not self._remaining:
+                # the frame begun in an earlier read is complete: it comes first
+                body = bytes(self._body)
+                self._body = bytearray()
+                if self._type == STARTUP:
+                    self._after_startup_packet(body)
+                self._ready = self._type
+                self.length = self._length
+                self.body = body
         elif self._pending:
             data = self._pending + data
             n = len(data)
             self._pending = b""
-        if self._startup:
-            pos = self._feed_startup(data, pos, n, out)
-            if self._startup or pos >= n:
-                return out
-        # Typed messages: the hot loop (compiled, every name below is a native local).
-        capture = self._capture
-        max_length = self._max_length
-        while pos < n:
-            if n - pos < 5:
-                self._pending = data[pos:]
-                break
-            # indexing, not struct: compiled, it is a few native operations
-            msg_type = data[pos]
-            length = (
-                (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
-            )
-            if length < 4 or length > max_length:
-                raise self._error(
-                    f"invalid message length {length} for message type {chr(msg_type)!r}"
-                )
-            body_len = length - 4
-            body_start = pos + 5
-            end = body_start + body_len
-            limit = capture[msg_type]
-            keep = limit if limit < body_len else body_len
-            if end <= n:
-                out.append(
-                    (msg_type, body_len, data[body_start : body_start + keep] if keep else b"")
-                )
-                pos = end
-                continue
-            self._start_partial(data, msg_type, body_len, body_start, keep)
-            break
-        return out
+        self._data = data
+        self._pos = pos
+        self._n = n
 
-    def _feed_startup(self, data: bytes, pos: int, n: int, out: list[Frame]) -> int:
-        """Untyped startup packets from ``pos``; returns where typed messages begin (or
-        ``n``), leaving ``_startup`` False once a StartupMessage went by."""
+    def next_frame(self) -> int:
+        """The type of the next complete frame of the current read (its body in
+        :attr:`body`, its body length in :attr:`length`), or -1 when there is none: the
+        rest of the read, if any, is kept for the next one."""
+        if self._ready >= 0:
+            msg_type = self._ready
+            self._ready = -1
+            return msg_type
+        pos = self._pos
+        n = self._n
+        if pos >= n:
+            self._data = b""  # do not keep a large read alive
+            return -1
+        data = self._data
+        if self._startup:
+            return self._next_startup(data, pos, n)
+        # Typed messages: the hot path (compiled, every name below is a native local).
+        if n - pos < 5:
+            self._pending = data[pos:]
+            self._pos = n
+            self._data = b""
+            return -1
+        # indexing, not struct: compiled, it is a few native operations
+        msg_type = data[pos]
+        length = (
+            (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+        )
+        if length < 4 or length > self._max_length:
+            raise self._error(f"invalid message length {length} for message type {chr(msg_type)!r}")
+        body_len = length - 4
+        body_start = pos + 5
+        end = body_start + body_len
+        limit = self._capture[msg_type]
+        keep = limit if limit < body_len else body_len
+        if end <= n:
+            self.body = data[body_start : body_start + keep] if keep else b""
+            self.length = body_len
+            self._pos = end
+            return msg_type
+        self._start_partial(data, msg_type, body_len, body_start, keep)
+        self._pos = n
+        self._data = b""
+        return -1
+
+    def _next_startup(self, data: bytes, pos: int, n: int) -> int:
+        """One untyped startup packet from ``pos`` (``_startup`` turns False once a
+        StartupMessage went by)."""
+        if n - pos < 4:
+            self._pending = data[pos:]
+            self._pos = n
+            self._data = b""
+            return -1
+        (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
+        if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
+            raise self._error(f"invalid length of startup packet: {length}")
+        body_len = length - 4
+        body_start = pos + 4
         limit = self._capture[STARTUP]
-        while pos < n and self._startup:
-            if n - pos < 4:
-                self._pending = data[pos:]
-                return n
-            (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
-            if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
-                raise self._error(f"invalid length of startup packet: {length}")
-            body_len = length - 4
-            body_start = pos + 4
-            keep = limit if limit < body_len else body_len
-            end = body_start + body_len
-            if end > n:
-                self._start_partial(data, STARTUP, body_len, body_start, keep)
-                return n
-            body = data[body_start : body_start + keep]
-            self._after_startup_packet(body)
-            out.append((STARTUP, body_len, body))
-            pos = end
-        return pos
+        keep = limit if limit < body_len else body_len
+        end = body_start + body_len
+        if end > n:
+            self._start_partial(data, STARTUP, body_len, body_start, keep)
+            self._pos = n
+            self._data = b""
+            return -1
+        body = data[body_start : body_start + keep]
+        self._after_startup_packet(body)
+        self.body = body
+        self.length = body_len
+        self._pos = end
+        return STARTUP
 
     def _start_partial(
         self, data: bytes, msg_type: int, body_len: int, body_start: int, keep: int
@@ -225,11 +275,6 @@ class FrameReader:
         first = keep if keep < avail else avail
         self._body = bytearray(data[body_start : body_start + first])
         self._cap_left = keep - first
-
-    def _finish(self, out: list[Frame], body: bytes) -> None:
-        if self._type == STARTUP:
-            self._after_startup_packet(body)
-        out.append((self._type, self._length, body))
 
     def _after_startup_packet(self, body: bytes) -> None:
         # SSLRequest / GSSENCRequest are followed by another startup packet; a

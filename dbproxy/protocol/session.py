@@ -45,7 +45,6 @@ session, which keeps being relayed.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
@@ -204,6 +203,59 @@ class _Pending:
         self.sent_ns = sent_ns
 
 
+class _PendingQueue:
+    """The requests waiting for their answers, oldest first: a list and the index of its
+    head.  (A deque's methods are generic Python calls from compiled code; these are
+    native.)  Popping is O(1); the list is emptied when the queue is, or compacted once
+    the popped head is half of it (a pipeline of a million Executes before one Sync)."""
+
+    __slots__ = ("_head", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[_Pending] = []
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def first(self) -> _Pending | None:
+        """The oldest request, None when nothing is pending."""
+        return self._items[self._head] if self._head < len(self._items) else None
+
+    def first_kind(self) -> int:
+        """The oldest request's kind, 0 when nothing is pending."""
+        return self._items[self._head].kind if self._head < len(self._items) else 0
+
+    def popleft(self) -> _Pending:
+        items = self._items
+        head = self._head
+        item = items[head]
+        head += 1
+        if head == len(items):
+            items.clear()
+            head = 0
+        elif head >= 1024 and head * 2 >= len(items):
+            del items[:head]
+            head = 0
+        self._head = head
+        return item
+
+    def append(self, item: _Pending) -> None:
+        self._items.append(item)
+
+    def items(self) -> list[_Pending]:
+        """The pending requests, oldest first (a copy)."""
+        return self._items[self._head :]
+
+    def replace(self, items: list[_Pending]) -> None:
+        self._items = items
+        self._head = 0
+
+    def clear(self) -> None:
+        self._items = []
+        self._head = 0
+
+
 class SessionStats:
     """Plain counters the proxy may publish; never touched by I/O."""
 
@@ -280,7 +332,7 @@ class Session:
         # CommandComplete bodies repeat ("SELECT 1", "INSERT 0 1"): decode each once
         self._tags: dict[bytes, tuple[str, int | None]] = {}
         self._portals: dict[str, _Run] = {}
-        self._pending: deque[_Pending] = deque()
+        self._pending = _PendingQueue()
         self._group_start_ns = 0
         self._syncs_sent = 0  # batches the client has closed with Sync
         self._rows = 0  # DataRows since the last completion
@@ -312,7 +364,7 @@ class Session:
         about once a second per session); the message path only keeps ``_last_text``."""
         if not self.ready or not self.observing:
             return None
-        for item in self._pending:
+        for item in self._pending.items():
             kind = item.kind
             if kind in (_EXECUTE, _FUNCTION):
                 run = item.payload
@@ -356,7 +408,7 @@ class Session:
         """``(ns, in_transaction)``: when the session went idle at its last ReadyForQuery
         (the clock it is fed with) and whether inside a transaction block; None while a
         request is pending, before the first ReadyForQuery or when not observing."""
-        if not self.ready or not self.observing or self._pending or self._copy_in:
+        if not self.ready or not self.observing or len(self._pending) or self._copy_in:
             return None
         return self._last_end_ns, self._tx_status != codes.TX_IDLE
 
@@ -364,41 +416,51 @@ class Session:
     def client_data(self, data: bytes, now_ns: int) -> None:
         if not self.observing:
             return
-        try:
-            frames = self._client.feed(data)
-        except ProtocolError as exc:
-            self.lose(f"client: {exc}")
-            return
-        for msg_type, _length, body in frames:
-            self._on_client(msg_type, body, now_ns)
+        reader = self._client
+        reader.start(data)
+        while True:
+            try:
+                msg_type = reader.next_frame()
+            except ProtocolError as exc:
+                self.lose(f"client: {exc}")
+                return
+            if msg_type < 0:
+                return
+            self._on_client(msg_type, reader.body, now_ns)
+            if not self.observing:
+                return
 
     def server_data(self, data: bytes, now_ns: int) -> None:
         if not self.observing:
             return
-        try:
-            frames = self._server.feed(data)
-        except ProtocolError as exc:
-            self.lose(f"server: {exc}")
-            return
-        start = 0
-        if not self.ready:
-            for msg_type, _length, body in frames:
-                start += 1
-                self._on_server_startup(msg_type, body, now_ns)
-                if self.ready or not self.observing:
-                    break  # the rest of this read is regular traffic
-        for i in range(start, len(frames)):
-            msg_type, _length, body = frames[i]
+        reader = self._server
+        reader.start(data)
+        while True:
+            try:
+                msg_type = reader.next_frame()
+            except ProtocolError as exc:
+                self.lose(f"server: {exc}")
+                return
+            if msg_type < 0:
+                return
             if msg_type == codes.DATA_ROW:
                 self._rows += 1
-            elif self.observing:
-                self._on_server(msg_type, body, now_ns)
+            elif self.ready:
+                self._on_server(msg_type, reader.body, now_ns)
+                if not self.observing:
+                    return
+            else:
+                self._on_server_startup(msg_type, reader.body, now_ns)
+                if not self.observing:
+                    return
 
     def close(self, now_ns: int) -> None:
         """The connection ended (either side)."""
         if self.is_cancel_request:
             return
-        interrupted = sum(1 for p in self._pending if p.kind in (_EXECUTE, _QUERY, _FUNCTION))
+        interrupted = sum(
+            1 for p in self._pending.items() if p.kind in (_EXECUTE, _QUERY, _FUNCTION)
+        )
         if self.observing and self.ready:
             # portals left suspended die with the connection: report what they sent
             for run in list(self._suspended):
@@ -612,7 +674,7 @@ class Session:
                 if len(self._tags) < _TAG_CACHE_SIZE:
                     self._tags[body] = tag
             command, count = tag
-            head = pending[0] if pending else None
+            head = pending.first()
             if head is None:
                 self._desync()
             elif head.kind == _EXECUTE:
@@ -639,10 +701,10 @@ class Session:
         elif msg_type == codes.BIND_COMPLETE:
             self._pop(_BIND)
         elif msg_type in (codes.ROW_DESCRIPTION, codes.NO_DATA):
-            if pending and pending[0].kind == _DESCRIBE:
+            if pending.first_kind() == _DESCRIBE:
                 pending.popleft()
         elif msg_type == codes.PORTAL_SUSPENDED:
-            head = pending[0] if pending else None
+            head = pending.first()
             if head is not None and head.kind == _EXECUTE:
                 pending.popleft()
                 run = head.payload
@@ -658,7 +720,7 @@ class Session:
         elif msg_type == codes.ERROR_RESPONSE:
             self._on_error(messages.decode_error(body, self._encoding), now)
         elif msg_type == codes.EMPTY_QUERY_RESPONSE:
-            head = pending[0] if pending else None
+            head = pending.first()
             if head is not None and head.kind == _EXECUTE:
                 pending.popleft()
             elif head is not None and head.kind == _QUERY:
@@ -671,7 +733,7 @@ class Session:
             if head is not None and isinstance(head.payload, _Run):
                 self._finish_suspended(head.payload)
         elif msg_type == codes.FUNCTION_CALL_RESPONSE:
-            head = pending[0] if pending else None
+            head = pending.first()
             if head is not None and head.kind == _FUNCTION:
                 run = head.payload
                 assert isinstance(run, _Run)
@@ -681,14 +743,11 @@ class Session:
         elif msg_type == codes.PARAMETER_STATUS:
             self._on_parameter_status(body)
         elif msg_type == codes.COPY_IN_RESPONSE:
-            if pending and pending[0].kind == _EXECUTE:
+            if pending.first_kind() == _EXECUTE:
                 # Syncs the client sent after this Execute reach the server in copy-in
                 # mode, where it ignores them: they will get no ReadyForQuery.
                 head = pending.popleft()
-                kept = [p for p in pending if p.kind != _SYNC]
-                pending.clear()
-                pending.append(head)
-                pending.extend(kept)
+                pending.replace([head, *(p for p in pending.items() if p.kind != _SYNC)])
                 self._copy_in = True
         elif msg_type == codes.COPY_BOTH_RESPONSE:
             self.lose("CopyBoth (replication stream): relayed without interpretation")
@@ -697,7 +756,7 @@ class Session:
 
     def _pop(self, kind: int) -> _Pending | None:
         pending = self._pending
-        if pending and pending[0].kind == kind:
+        if pending.first_kind() == kind:
             return pending.popleft()
         self._desync()
         return None
@@ -706,8 +765,9 @@ class Session:
         # An answer we cannot pair.  Like asyncpg after a parse error: give up on the
         # requests in flight and pick up again at the next ReadyForQuery.
         self.stats.desyncs += 1
-        while self._pending and self._pending[0].kind not in (_SYNC, _QUERY, _FUNCTION):
-            self._pending.popleft()
+        pending = self._pending
+        while len(pending) and pending.first_kind() not in (_SYNC, _QUERY, _FUNCTION):
+            pending.popleft()
 
     def _query_statement(self, head: _Pending, now: int) -> _Run:
         """The statement of a simple Query that the current answer belongs to."""
@@ -799,7 +859,7 @@ class Session:
             severity=fields.severity, sqlstate=fields.sqlstate, message=fields.message
         )
         pending = self._pending
-        head = pending[0] if pending else None
+        head = pending.first()
         if head is None:
             return  # e.g. FATAL on admin shutdown while idle
         if head.kind == _QUERY:
@@ -834,7 +894,7 @@ class Session:
             if head.kind == _PARSE and isinstance(head.payload, messages.ParseMessage):
                 # the statement was not created; a later Bind to it fails on its own
                 self._prepared.pop(head.payload.name, None)
-            while pending and pending[0].kind != _SYNC:
+            while len(pending) and pending.first_kind() != _SYNC:
                 item = pending.popleft()
                 if item.kind == _EXECUTE:
                     if failed is None:
@@ -843,7 +903,7 @@ class Session:
                     else:
                         skipped += 1
             self.stats.skipped_statements += skipped
-            if not pending:
+            if not len(pending):
                 self._skip_to_sync = True  # the Sync is still to come from the client
             phase = "execute" if head.kind == _EXECUTE else _PHASES.get(head.kind, "execute")
             if failed is None:
@@ -881,7 +941,7 @@ class Session:
     def _on_ready(self, status: int, now: int) -> None:
         pending = self._pending
         answered: _Pending | None = None
-        while pending:
+        while len(pending):
             item = pending.popleft()
             if item.kind in (_SYNC, _QUERY, _FUNCTION):
                 answered = item
@@ -895,7 +955,7 @@ class Session:
                 if commit_ns > 0:
                     run.end_ns += commit_ns
                     run.active_ns += commit_ns
-        if status == codes.TX_IDLE and not pending:
+        if status == codes.TX_IDLE and not len(pending):
             for run in list(self._suspended):
                 self._finish_suspended(run)
             self._portals.clear()
