@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from dbproxy.errors import BackendProtocolError, FrontendProtocolError, ProtocolError
 from dbproxy.protocol import codes
+
+if TYPE_CHECKING:
+    from mypy_extensions import i64  # compiled: a machine integer; pure Python: an int
 
 STARTUP: Final = 0
 Frame = tuple[int, int, bytes]
@@ -113,7 +116,7 @@ class FrameReader:
         self._capture: list[int] = list(capture)
         self._startup = startup
         self._error = error
-        self._max_length = max_length
+        self._max_length: i64 = max_length
         self._pending = b""  # an incomplete header, at most 4 bytes
         self._remaining = 0  # body bytes still to come for the current frame
         self._type = 0
@@ -122,11 +125,11 @@ class FrameReader:
         self._body = bytearray()
         # the read being taken apart (start / next_frame) and the frame just returned
         self._data = b""
-        self._pos = 0
-        self._n = 0
-        self._ready = -1  # a frame completed by start(), returned first
+        self._pos: i64 = 0
+        self._n: i64 = 0
+        self._ready: i64 = -1  # a frame completed by start(), returned first
         self.body = b""
-        self.length = 0
+        self.length: i64 = 0
 
     @classmethod
     def for_frontend(cls, text_limit: int = DEFAULT_TEXT_LIMIT) -> FrameReader:
@@ -192,16 +195,16 @@ class FrameReader:
         self._pos = pos
         self._n = n
 
-    def next_frame(self) -> int:
+    def next_frame(self) -> i64:
         """The type of the next complete frame of the current read (its body in
         :attr:`body`, its body length in :attr:`length`), or -1 when there is none: the
         rest of the read, if any, is kept for the next one."""
-        if self._ready >= 0:
-            msg_type = self._ready
+        ready = self._ready
+        if ready >= 0:
             self._ready = -1
-            return msg_type
-        pos = self._pos
-        n = self._n
+            return ready
+        pos: i64 = self._pos
+        n: i64 = self._n
         if pos >= n:
             self._data = b""  # do not keep a large read alive
             return -1
@@ -215,17 +218,17 @@ class FrameReader:
             self._data = b""
             return -1
         # indexing, not struct: compiled, it is a few native operations
-        msg_type = data[pos]
-        length = (
+        msg_type: i64 = data[pos]
+        length: i64 = (
             (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
         )
         if length < 4 or length > self._max_length:
             raise self._error(f"invalid message length {length} for message type {chr(msg_type)!r}")
-        body_len = length - 4
-        body_start = pos + 5
-        end = body_start + body_len
-        limit = self._capture[msg_type]
-        keep = limit if limit < body_len else body_len
+        body_len: i64 = length - 4
+        body_start: i64 = pos + 5
+        end: i64 = body_start + body_len
+        limit: i64 = self._capture[msg_type]
+        keep: i64 = limit if limit < body_len else body_len
         if end <= n:
             self.body = data[body_start : body_start + keep] if keep else b""
             self.length = body_len

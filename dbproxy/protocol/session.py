@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 from dbproxy.errors import FrontendProtocolError, ProtocolError
 from dbproxy.protocol import codes, messages
@@ -106,6 +106,8 @@ _UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
 
 
 _TAG_CACHE_SIZE: Final = 256  # distinct CommandComplete bodies remembered per session
+_RING: Final = 16  # pending requests held without growing (a power of two)
+_RING_SHRINK: Final = 1024  # a ring grown to this size shrinks back when it empties
 
 
 class CurrentStatement(NamedTuple):
@@ -204,56 +206,97 @@ class _Pending:
 
 
 class _PendingQueue:
-    """The requests waiting for their answers, oldest first: a list and the index of its
-    head.  (A deque's methods are generic Python calls from compiled code; these are
-    native.)  Popping is O(1); the list is emptied when the queue is, or compacted once
-    the popped head is half of it (a pipeline of a million Executes before one Sync)."""
+    """The requests waiting for their answers, oldest first: a ring of three parallel
+    lists (kind, payload, when sent).  Compiled, this is native: no object per request
+    (a ``_Pending`` is built only on the rare paths that want one), no generic method
+    calls (a deque's), no list growing and shrinking per transaction.  The ring doubles
+    when full (a pipeline of a million Executes before one Sync) and shrinks back when
+    it empties."""
 
-    __slots__ = ("_head", "_items")
+    __slots__ = ("_count", "_head", "_kinds", "_mask", "_payloads", "_sent")
 
     def __init__(self) -> None:
-        self._items: list[_Pending] = []
+        self._kinds: list[int] = [0] * _RING
+        self._payloads: list[object] = [None] * _RING
+        self._sent: list[int] = [0] * _RING
+        self._mask = _RING - 1
         self._head = 0
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._items) - self._head
+        return self._count
 
-    def first(self) -> _Pending | None:
-        """The oldest request, None when nothing is pending."""
-        return self._items[self._head] if self._head < len(self._items) else None
+    def push(self, kind: int, payload: object, sent_ns: int) -> None:
+        count = self._count
+        if count > self._mask:
+            self._resize(2 * (self._mask + 1))
+        i = (self._head + count) & self._mask
+        self._kinds[i] = kind
+        self._payloads[i] = payload
+        self._sent[i] = sent_ns
+        self._count = count + 1
+
+    def append(self, item: _Pending) -> None:
+        self.push(item.kind, item.payload, item.sent_ns)
 
     def first_kind(self) -> int:
         """The oldest request's kind, 0 when nothing is pending."""
-        return self._items[self._head].kind if self._head < len(self._items) else 0
+        return self._kinds[self._head] if self._count else 0
+
+    def first_payload(self) -> object:
+        return self._payloads[self._head]
+
+    def first_sent(self) -> int:
+        return self._sent[self._head]
+
+    def drop(self) -> None:
+        """Forget the oldest request (there must be one)."""
+        head = self._head
+        self._payloads[head] = None
+        self._head = (head + 1) & self._mask
+        self._count -= 1
+        if not self._count and self._mask >= _RING_SHRINK:
+            self._resize(_RING)
+
+    def _resize(self, size: int) -> None:
+        kinds, payloads, sent = self._kinds, self._payloads, self._sent
+        mask, head, count = self._mask, self._head, self._count
+        order = [(head + i) & mask for i in range(count)]
+        pad = size - count
+        self._kinds = [kinds[i] for i in order] + [0] * pad
+        self._payloads = [payloads[i] for i in order] + [None] * pad
+        self._sent = [sent[i] for i in order] + [0] * pad
+        self._mask = size - 1
+        self._head = 0
+
+    def first(self) -> _Pending | None:
+        """The oldest request, None when nothing is pending."""
+        if not self._count:
+            return None
+        head = self._head
+        return _Pending(self._kinds[head], self._payloads[head], self._sent[head])
 
     def popleft(self) -> _Pending:
-        items = self._items
-        head = self._head
-        item = items[head]
-        head += 1
-        if head == len(items):
-            items.clear()
-            head = 0
-        elif head >= 1024 and head * 2 >= len(items):
-            del items[:head]
-            head = 0
-        self._head = head
+        item = self.first()
+        assert item is not None
+        self.drop()
         return item
 
-    def append(self, item: _Pending) -> None:
-        self._items.append(item)
-
     def items(self) -> list[_Pending]:
-        """The pending requests, oldest first (a copy)."""
-        return self._items[self._head :]
+        """The pending requests, oldest first (built on demand)."""
+        kinds, payloads, sent, mask = self._kinds, self._payloads, self._sent, self._mask
+        order = [(self._head + i) & mask for i in range(self._count)]
+        return [_Pending(kinds[i], payloads[i], sent[i]) for i in order]
 
     def replace(self, items: list[_Pending]) -> None:
-        self._items = items
-        self._head = 0
+        self.clear()
+        for item in items:
+            self.append(item)
 
     def clear(self) -> None:
-        self._items = []
+        self._payloads = [None] * (self._mask + 1)
         self._head = 0
+        self._count = 0
 
 
 class SessionStats:
@@ -503,7 +546,7 @@ class Session:
                 run = _Run("extended", "", portal_name=portal_name)
             sent = self._group_start_ns or now
             self._group_start_ns = 0
-            self._pending.append(_Pending(_EXECUTE, run, sent))
+            self._pending.push(_EXECUTE, run, sent)
             if self._track_starts:
                 self._emit(
                     StatementStarted(
@@ -535,11 +578,11 @@ class Session:
                 self._finish_suspended(replaced)
             self._portals[portal_name] = run
             self._start_group(now)
-            self._pending.append(_Pending(_BIND, run, now))
+            self._pending.push(_BIND, run, now)
         elif msg_type == codes.SYNC:
             self._group_start_ns = 0
             self._syncs_sent += 1
-            self._pending.append(_Pending(_SYNC, None, now))
+            self._pending.push(_SYNC, None, now)
         elif msg_type == codes.PARSE:
             # Drivers send the same Parse over and over (unnamed statements): decode once.
             cached = self._parse_cache.get(body)
@@ -555,16 +598,16 @@ class Session:
             prepared.fresh_batch = _UNDECIDED
             self._prepared[parse.name] = prepared
             self._start_group(now)
-            self._pending.append(_Pending(_PARSE, parse, now))
+            self._pending.push(_PARSE, parse, now)
         elif msg_type == codes.DESCRIBE:
             self._start_group(now)
-            self._pending.append(_Pending(_DESCRIBE, None, now))
+            self._pending.push(_DESCRIBE, None, now)
         elif msg_type == codes.QUERY:
             unnamed = self._portals.get("")
             if unnamed is not None and self._suspended:
                 self._finish_suspended(unnamed)  # a simple Query drops the unnamed portal
             query = _Query(messages.decode_query(body, enc))
-            self._pending.append(_Pending(_QUERY, query, now))
+            self._pending.push(_QUERY, query, now)
             if self._track_starts:
                 self._emit(
                     StatementStarted(
@@ -578,11 +621,11 @@ class Session:
                 self._prepared.pop(name, None)
             elif kind == ord("P"):
                 target = self._portals.pop(name, None)
-            self._pending.append(_Pending(_CLOSE, target, now))
+            self._pending.push(_CLOSE, target, now)
         elif msg_type == codes.FUNCTION_CALL:
             oid = messages.decode_function_call(body)
             run = _Run("function", "", function_oid=oid)
-            self._pending.append(_Pending(_FUNCTION, run, now))
+            self._pending.push(_FUNCTION, run, now)
         elif msg_type == STARTUP:
             self._on_startup_packet(body)
         elif msg_type == codes.TERMINATE:
@@ -674,20 +717,20 @@ class Session:
                 if len(self._tags) < _TAG_CACHE_SIZE:
                     self._tags[body] = tag
             command, count = tag
-            head = pending.first()
-            if head is None:
-                self._desync()
-            elif head.kind == _EXECUTE:
-                pending.popleft()
-                run = head.payload
-                assert isinstance(run, _Run)
-                self._end_segment(run, head.sent_ns, now)
+            kind = pending.first_kind()
+            if kind == _EXECUTE:
+                run = cast(_Run, pending.first_payload())
+                sent = pending.first_sent()
+                pending.drop()
+                self._end_segment(run, sent, now)
                 self._finish(run, command, count, now)
                 # the portal is exhausted: a new Execute on it starts afresh
-                if run in self._suspended:
+                if self._suspended and run in self._suspended:
                     self._suspended.remove(run)
-            elif head.kind == _QUERY:
-                run = self._query_statement(head, now)
+            elif kind == _QUERY:
+                run = self._query_statement(
+                    cast(_Query, pending.first_payload()), pending.first_sent(), now
+                )
                 run.active_ns = now - run.start_ns
                 run.rows = self._rows
                 self._rows = 0
@@ -697,19 +740,17 @@ class Session:
         elif msg_type == codes.READY_FOR_QUERY:
             self._on_ready(body[0] if body else codes.TX_IDLE, now)
         elif msg_type == codes.PARSE_COMPLETE:
-            self._pop(_PARSE)
+            self._expect(_PARSE)
         elif msg_type == codes.BIND_COMPLETE:
-            self._pop(_BIND)
+            self._expect(_BIND)
         elif msg_type in (codes.ROW_DESCRIPTION, codes.NO_DATA):
             if pending.first_kind() == _DESCRIBE:
-                pending.popleft()
+                pending.drop()
         elif msg_type == codes.PORTAL_SUSPENDED:
-            head = pending.first()
-            if head is not None and head.kind == _EXECUTE:
-                pending.popleft()
-                run = head.payload
-                assert isinstance(run, _Run)
-                self._end_segment(run, head.sent_ns, now)
+            if pending.first_kind() == _EXECUTE:
+                run = cast(_Run, pending.first_payload())
+                self._end_segment(run, pending.first_sent(), now)
+                pending.drop()
                 run.rows += self._rows
                 self._rows = 0
                 self._last_end_ns = now
@@ -729,15 +770,13 @@ class Session:
                 query.index += 1
             self._last_end_ns = now
         elif msg_type == codes.CLOSE_COMPLETE:
-            head = self._pop(_CLOSE)
-            if head is not None and isinstance(head.payload, _Run):
-                self._finish_suspended(head.payload)
+            closed = pending.first_payload() if pending.first_kind() == _CLOSE else None
+            if self._expect(_CLOSE) and isinstance(closed, _Run):
+                self._finish_suspended(closed)
         elif msg_type == codes.FUNCTION_CALL_RESPONSE:
-            head = pending.first()
-            if head is not None and head.kind == _FUNCTION:
-                run = head.payload
-                assert isinstance(run, _Run)
-                run.start_ns = max(head.sent_ns, self._last_end_ns)
+            if pending.first_kind() == _FUNCTION:
+                run = cast(_Run, pending.first_payload())
+                run.start_ns = max(pending.first_sent(), self._last_end_ns)
                 run.active_ns = now - run.start_ns
                 self._finish(run, "FUNCTION CALL", None, now)
         elif msg_type == codes.PARAMETER_STATUS:
@@ -754,12 +793,14 @@ class Session:
         # ParameterDescription, CopyIn/OutResponse, CopyData/Done, Notice and
         # Notification responses need no state.
 
-    def _pop(self, kind: int) -> _Pending | None:
+    def _expect(self, kind: int) -> bool:
+        """The answer to the oldest request, which must be of ``kind`` (else: a desync)."""
         pending = self._pending
         if pending.first_kind() == kind:
-            return pending.popleft()
+            pending.drop()
+            return True
         self._desync()
-        return None
+        return False
 
     def _desync(self) -> None:
         # An answer we cannot pair.  Like asyncpg after a parse error: give up on the
@@ -767,14 +808,12 @@ class Session:
         self.stats.desyncs += 1
         pending = self._pending
         while len(pending) and pending.first_kind() not in (_SYNC, _QUERY, _FUNCTION):
-            pending.popleft()
+            pending.drop()
 
-    def _query_statement(self, head: _Pending, now: int) -> _Run:
+    def _query_statement(self, query: _Query, sent_ns: int, now: int) -> _Run:
         """The statement of a simple Query that the current answer belongs to."""
         run = self._query_run
         if run is None:
-            query = head.payload
-            assert isinstance(query, _Query)
             if query.index < len(query.statements):
                 text = query.statements[query.index]
             else:
@@ -782,7 +821,7 @@ class Session:
                 text = query.text if not query.statements else ""
             query.index += 1
             run = _Run("simple", text)
-            run.start_ns = max(head.sent_ns, self._last_end_ns)
+            run.start_ns = max(sent_ns, self._last_end_ns)
             self._query_run = run
         return run
 
@@ -865,7 +904,7 @@ class Session:
         if head.kind == _QUERY:
             query = head.payload
             assert isinstance(query, _Query)
-            run = self._query_statement(head, now)
+            run = self._query_statement(query, head.sent_ns, now)
             self._fail(run, error, "execute", head.sent_ns, now)
             self.stats.skipped_statements += max(0, len(query.statements) - query.index)
             query.index = len(query.statements)
@@ -940,18 +979,22 @@ class Session:
 
     def _on_ready(self, status: int, now: int) -> None:
         pending = self._pending
-        answered: _Pending | None = None
+        answered = 0  # the kind of request this ReadyForQuery answers
+        answered_ns = 0
         while len(pending):
-            item = pending.popleft()
-            if item.kind in (_SYNC, _QUERY, _FUNCTION):
-                answered = item
+            kind = pending.first_kind()
+            sent = pending.first_sent()
+            pending.drop()
+            if kind in (_SYNC, _QUERY, _FUNCTION):
+                answered = kind
+                answered_ns = sent
                 break
             self.stats.desyncs += 1
-        if answered is not None and answered.kind == _SYNC:
+        if answered == _SYNC:
             run = self._last_extended
             if run is not None and run.error is None and not run.in_transaction:
                 # commit of the implicit transaction, measured from when it could start
-                commit_ns = now - max(run.end_ns, answered.sent_ns)
+                commit_ns = now - max(run.end_ns, answered_ns)
                 if commit_ns > 0:
                     run.end_ns += commit_ns
                     run.active_ns += commit_ns

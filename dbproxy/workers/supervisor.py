@@ -269,7 +269,7 @@ def _stop_resource_tracker() -> None:
 
 async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None) -> None:
     """``dbproxy run --workers N`` (N > 1): this process is worker 0 and the supervisor."""
-    from dbproxy.app import App
+    from dbproxy.app import App, tune_gc
 
     pool = WorkerPool(config.workers)
     pool.source, pool.loaded = source, config
@@ -298,6 +298,7 @@ async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None)
         pool.begin_stop()
         await asyncio.gather(app.stop(0), pool.wait_stopped(EXIT_GRACE_S))
         raise
+    tune_gc()
     reloader = app.reloader(source, config) if source is not None else None
 
     def hangup() -> None:

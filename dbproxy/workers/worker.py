@@ -74,7 +74,7 @@ async def _serve(  # noqa: PLR0917 - worker_main's arguments, passed on
     unix_socket: socket.socket | None,
     reload_from: tuple[ConfigSource, ProxyConfig] | None,
 ) -> None:
-    from dbproxy.app import App
+    from dbproxy.app import App, tune_gc
     from dbproxy.workers.channel import StatsChannelServer
 
     app = App(config, worker_index=index, serve_http=False)
@@ -83,6 +83,7 @@ async def _serve(  # noqa: PLR0917 - worker_main's arguments, passed on
     await app.start()
     channel = StatsChannelServer(socket_path, dump=app.local_dump, reset=app.aggregator.reset)
     await channel.start()
+    tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)

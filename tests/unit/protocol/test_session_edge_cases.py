@@ -226,6 +226,42 @@ def test_long_pipeline_is_emitted_in_bounded_batches() -> None:
     assert session.stats.early_flushes >= 2
 
 
+def test_pipeline_answered_while_it_is_sent_keeps_every_statement_in_order() -> None:
+    # The pending requests are a ring that doubles when full: here it fills while its
+    # head has moved (answers arrive between the client's writes), so it grows and wraps
+    # around, and every answer must still pair with its own Execute.
+    events: list[Event] = []
+    session = Session(session_id=1, emit=events.append, epoch_offset_ns=0)
+    for side, data, t in login():
+        (session.client_data if side == "c" else session.server_data)(data, t)
+    session.client_data(w.parse("SELECT $1", name="s"), 100)
+    answers = [w.parse_complete()]
+    sent = 0
+    now = 101
+    for chunk in range(60):
+        client = b""
+        for _ in range(5 + chunk):  # the client gets further and further ahead
+            client += w.bind("s", params=(str(sent).encode(),)) + w.execute()
+            answers.append(
+                w.bind_complete()
+                + w.data_row(b"x") * (sent % 3)
+                + w.command_complete(f"SELECT {sent % 3}")
+            )
+            sent += 1
+        session.client_data(client, now)
+        now += 1
+        take, answers = answers[: 3 + chunk // 2], answers[3 + chunk // 2 :]
+        session.server_data(b"".join(take), now)
+        now += 1
+    session.client_data(w.sync(), now)
+    session.server_data(b"".join(answers) + w.ready(), now + 1)
+    done = statements(events)
+    assert len(done) == sent == sum(5 + c for c in range(60))
+    assert [s.rows for s in done] == [i % 3 for i in range(sent)]
+    assert session.stats.desyncs == 0
+    assert session.idle_since() is not None  # nothing left pending
+
+
 def test_text_in_batch_tells_fresh_sql_from_an_old_prepared_statement() -> None:
     traced = "SELECT 1 /*traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/"
     script: Script = [
