@@ -59,7 +59,7 @@ def frontend_capture(text_limit: int = DEFAULT_TEXT_LIMIT) -> list[int]:
             codes.PARSE: text_limit,
             codes.BIND: 512,  # portal and statement names (NAMEDATALEN is 64)
             codes.EXECUTE: 512,
-            codes.DESCRIBE: 512,
+            codes.DESCRIBE: 0,  # only its answer is paired; the name is not needed
             codes.CLOSE: 512,
             codes.FUNCTION_CALL: 4,
         }

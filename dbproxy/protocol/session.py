@@ -92,6 +92,7 @@ _SAVEPOINT_ROLLBACK: Final = re.compile(
 # COMMIT/ROLLBACK … AND CHAIN starts a new block at once (AND NO CHAIN does not).
 _CHAIN: Final = re.compile(r"\bAND\s+(NO\s+)?CHAIN\b", re.IGNORECASE)
 _FORGET_PREPARED: Final = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+_SPECIAL_COMMANDS: Final = _BEGIN_COMMANDS | _END_COMMANDS | _FORGET_PREPARED
 _MAX_BATCH: Final = 10_000  # statements held for their transaction's outcome
 # The SQL text of a Parse describes the executions bound soon after it, in the batch of
 # the first Bind: drivers prepare and execute one request back to back (asyncpg: Parse/
@@ -102,7 +103,6 @@ _UNDECIDED: Final = -1
 _STALE: Final = -2
 _PARSE_CACHE_SIZE: Final = 256  # distinct Parse messages remembered per session
 _PARSE_CACHE_MAX_BODY: Final = 4096  # … of at most this size (≤ 1 MiB per session)
-_UNNAMED_BIND: Final = b"\x00\x00"  # unnamed portal, unnamed statement
 
 
 _TAG_CACHE_SIZE: Final = 256  # distinct CommandComplete bodies remembered per session
@@ -372,6 +372,8 @@ class Session:
         # protocol state mirrored from the server
         self._prepared: dict[str, _Prepared] = {}
         self._parse_cache: dict[bytes, tuple[messages.ParseMessage, _Prepared]] = {}
+        self._last_parse_body = b""
+        self._last_parse: tuple[messages.ParseMessage, _Prepared] | None = None
         # CommandComplete bodies repeat ("SELECT 1", "INSERT 0 1"): decode each once
         self._tags: dict[bytes, tuple[str, int | None]] = {}
         self._portals: dict[str, _Run] = {}
@@ -540,7 +542,8 @@ class Session:
                     self.stats.skipped_statements += 1
                 return
         if msg_type == codes.EXECUTE:
-            portal_name = "" if body[:1] == b"\x00" else messages.decode_execute(body, enc)[0]
+            named = not body or body[0] != 0
+            portal_name = messages.decode_execute(body, enc)[0] if named else ""
             run = self._portals.get(portal_name)
             if run is None:
                 run = _Run("extended", "", portal_name=portal_name)
@@ -554,7 +557,7 @@ class Session:
                     )
                 )
         elif msg_type == codes.BIND:
-            if body.startswith(_UNNAMED_BIND):
+            if len(body) >= 2 and body[0] == 0 and body[1] == 0:  # unnamed portal, statement
                 portal_name = statement_name = ""
             else:
                 portal_name, statement_name = messages.decode_bind(body, enc)
@@ -585,7 +588,10 @@ class Session:
             self._pending.push(_SYNC, None, now)
         elif msg_type == codes.PARSE:
             # Drivers send the same Parse over and over (unnamed statements): decode once.
-            cached = self._parse_cache.get(body)
+            # The last one is compared first (a memcmp; the dict would hash the body).
+            cached = self._last_parse if body == self._last_parse_body else None
+            if cached is None:
+                cached = self._parse_cache.get(body)
             if cached is None:
                 parse = messages.decode_parse(body, enc)
                 cached = (parse, _Prepared(parse.query, parse.param_type_oids))
@@ -593,6 +599,9 @@ class Session:
                     if len(self._parse_cache) >= _PARSE_CACHE_SIZE:
                         self._parse_cache.clear()
                     self._parse_cache[body] = cached
+            if len(body) <= _PARSE_CACHE_MAX_BODY:
+                self._last_parse_body = body
+                self._last_parse = cached
             parse, prepared = cached
             prepared.parsed_ns = now
             prepared.fresh_batch = _UNDECIDED
@@ -846,8 +855,8 @@ class Session:
         self._last_end_ns = now
         self._query_run = None
         self._last_text = run.text
-        is_begin = command in _BEGIN_COMMANDS and not self._explicit
-        if is_begin:
+        special = command in _SPECIAL_COMMANDS  # one lookup for the common case
+        if special and command in _BEGIN_COMMANDS and not self._explicit:
             self._open_transaction(run.start_ns)
         run.in_transaction = self._explicit
         if not run.in_transaction:
@@ -857,6 +866,15 @@ class Session:
         self._batch.append(run)
         if len(self._batch) > _MAX_BATCH:
             self._flush_early(run)
+        if special:
+            self._transaction_command(run, command, now)
+        if run.protocol == "extended":
+            self._last_extended = run
+        else:
+            self._last_extended = None
+
+    def _transaction_command(self, run: _Run, command: str, now: int) -> None:
+        """After a COMMIT/ROLLBACK/PREPARE TRANSACTION or DEALLOCATE/DISCARD ALL."""
         if command in _END_COMMANDS and self._explicit and not _SAVEPOINT_ROLLBACK.match(run.text):
             # COMMIT (or ROLLBACK, also the tag of a COMMIT of a failed transaction)
             self._close_transaction(command in _COMMITTED, now)
@@ -865,10 +883,6 @@ class Session:
                 self._open_transaction(now)  # … AND CHAIN starts the next one at once
         elif command in _FORGET_PREPARED:
             self._prepared = {k: v for k, v in self._prepared.items() if not k}
-        if run.protocol == "extended":
-            self._last_extended = run
-        else:
-            self._last_extended = None
 
     def _fail(self, run: _Run, error: ServerError, phase: str, sent_ns: int, now: int) -> None:
         if not run.start_ns:
