@@ -35,7 +35,7 @@ from types import ModuleType
 
 #: The hot path and what it calls per statement: framing, session machine, events,
 #: splitter, fingerprint cache and normalizer, sink and aggregator, the regression
-#: detector's per-statement path; the OTLP span encoder.
+#: detector's per-statement path; the OTLP span encoder; the forwarding protocols.
 COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.protocol.codes",
     "dbproxy.protocol.events",
@@ -60,6 +60,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.observe.detector",
     "dbproxy.observe.regression",
     "dbproxy.export.otlp",
+    "dbproxy.proxy.forward",
 )
 #: mypyc puts the code of all modules in one shared library with this name prefix.
 _GROUP = "dbproxy_speedups"

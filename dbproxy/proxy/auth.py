@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from dbproxy.config import ProxyConfig
 from dbproxy.protocol import codes, messages, scram
@@ -304,7 +304,7 @@ class ProxyAuth:
         upstream.write(self._startup)
         conn._server.stats.bytes_from_client += len(self._startup)
         rest = await self._server_exchange(upstream, client_key, secret)
-        upstream.set_protocol(conn.upstream)
+        upstream.set_protocol(cast(asyncio.BaseProtocol, conn.upstream))  # compiled: no subclass
         if rest[:1] != b"E":
             conn.transport.write(scram.encode_auth(scram.AUTH_SASL_FINAL, server_final))
         if rest:

@@ -32,6 +32,7 @@ from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request, replication_mode
 from dbproxy.proxy import limits, tls
 from dbproxy.proxy.auth import PlusStripper, ProxyAuth
+from dbproxy.proxy.forward import ClientForward, ServerConnection
 from dbproxy.proxy.listeners import open_upstream
 
 if TYPE_CHECKING:
@@ -235,14 +236,20 @@ class ClientConnection(asyncio.Protocol):
     async def _connect_upstream(self) -> None:
         config = self._server.config
         loop = asyncio.get_running_loop()
+
+        def server_side() -> asyncio.Protocol:
+            # compiled, it is no asyncio.Protocol subclass: uvloop needs none
+            return cast(asyncio.Protocol, ServerConnection(self, self.session, self._stats))
+
         try:
             upstream_ctx = self._server.tls.upstream if self._server.tls else None
-            transport, protocol = await asyncio.wait_for(
-                open_upstream(loop, lambda: ServerConnection(self), config.upstream)
+            transport, created = await asyncio.wait_for(
+                open_upstream(loop, server_side, config.upstream)
                 if upstream_ctx is None
-                else tls.connect_upstream(lambda: ServerConnection(self), config, upstream_ctx),
+                else tls.connect_upstream(server_side, config, upstream_ctx),
                 timeout=config.connect_timeout,
             )
+            protocol = cast(ServerConnection, created)
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError) as exc:
@@ -264,7 +271,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = protocol
         protocol.bind_client()  # the client's transport may have become TLS meanwhile
         if upstream_ctx is not None and transport.get_extra_info("ssl_object") is not None:
-            PlusStripper(self, protocol).attach(transport)
+            PlusStripper(self, cast(asyncio.Protocol, protocol)).attach(transport)
         held, self._held = self._held, []
         for chunk in held:
             transport.write(chunk)
@@ -296,7 +303,8 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ data path
     def data_received(self, data: bytes) -> None:
-        # The hot path: forward, count, then observe (bound methods kept on self).
+        # Forward, count, then observe; from the next read on, the compiled
+        # ClientForward does this (forward_directly).
         upstream = self._upstream_transport
         if upstream is not None and self._forwarding:
             upstream.write(data)
@@ -305,10 +313,22 @@ class ClientConnection(asyncio.Protocol):
                 self._client_data(data, _monotonic_ns())
             except Exception:
                 self.observer_failed()
+            self.forward_directly()
         elif self._forwarding:
             self._hold(data)
         else:
             self._negotiate(data)
+
+    def forward_directly(self) -> None:
+        """Hand the client transport to :class:`ClientForward` (``proxy/forward.py``): the
+        startup is over and the upstream connected, so every later read is the hot path.
+        EOF, loss and backpressure still come back here."""
+        upstream = self._upstream_transport
+        if self._closed or upstream is None or self.transport is None or self._auth is not None:
+            return
+        self.transport.set_protocol(
+            cast(asyncio.BaseProtocol, ClientForward(self, upstream, self.session, self._stats))
+        )
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes until the upstream is up; stop reading past a bound."""
@@ -506,49 +526,3 @@ class ClientConnection(asyncio.Protocol):
             return
         self._server.limit_stats.upstream_lost += 1
         self.close_with_error(codes.SQLSTATE_CONNECTION_FAILURE, limits.UPSTREAM_LOST)
-
-
-class ServerConnection(asyncio.Protocol):
-    """The upstream side: forwards to the client, reports to it, is paused by it."""
-
-    def __init__(self, client: ClientConnection) -> None:
-        self._client = client
-        self.transport: asyncio.Transport | None = None
-        assert client.transport is not None  # the client side is connected first
-        # the hot path's callees, bound once
-        self._client_write = client.transport.write
-        self._stats = client._stats
-        self._server_data = client.session.server_data
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def bind_client(self) -> None:
-        """Write to the client's current transport (it changes once, when TLS starts)."""
-        assert self._client.transport is not None
-        self._client_write = self._client.transport.write
-
-    def data_received(self, data: bytes) -> None:
-        # forward first, count, then observe
-        self._client_write(data)
-        self._stats.bytes_from_server += len(data)
-        try:
-            self._server_data(data, _monotonic_ns())
-        except Exception:
-            self._client.observer_failed()
-
-    def eof_received(self) -> bool | None:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._client.server_closed()
-
-    def pause_writing(self) -> None:
-        client = self._client.transport
-        if client is not None:
-            client.pause_reading()
-
-    def resume_writing(self) -> None:
-        client = self._client.transport
-        if client is not None and not client.is_closing():
-            client.resume_reading()

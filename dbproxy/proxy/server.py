@@ -14,48 +14,17 @@ from dbproxy.observe.sink import EventSink
 from dbproxy.protocol import codes
 from dbproxy.proxy import limits
 from dbproxy.proxy.auth import SecretSource, secret_source
+from dbproxy.proxy.forward import ProxyStats
 from dbproxy.proxy.listeners import Listeners, probe
 from dbproxy.proxy.pipe import ClientConnection
 from dbproxy.proxy.tls import TlsSettings
+
+__all__ = ["ProxyServer", "ProxyStats"]
 
 log = logging.getLogger(__name__)
 
 #: At shutdown, seconds a session inside a server message has to finish it before its 57P01.
 _FINISH_MESSAGE_S = 5.0
-
-
-class ProxyStats:
-    """Plain counters of the proxy itself (observation problems included)."""
-
-    __slots__ = (
-        "bytes_from_client",
-        "bytes_from_server",
-        "cancel_requests",
-        "connections_accepted",
-        "observer_errors",
-        "rejected_startups",
-        "replication_database",
-        "replication_physical",
-        "upstream_connect_failures",
-    )
-
-    def __init__(self) -> None:
-        self.connections_accepted = 0
-        self.upstream_connect_failures = 0
-        self.observer_errors = 0
-        self.rejected_startups = 0
-        self.cancel_requests = 0
-        self.bytes_from_client = 0
-        self.bytes_from_server = 0
-        # walsender connections (relayed, not observed), by replication mode
-        self.replication_physical = 0
-        self.replication_database = 0
-
-    def count_replication(self, mode: str) -> None:
-        if mode == "database":
-            self.replication_database += 1
-        else:
-            self.replication_physical += 1
 
 
 class ProxyServer:
