@@ -350,6 +350,11 @@ class Aggregator:
         self.events_processed = 0
         self.fingerprints_overflow = 0
         self._records: dict[tuple[str, str, str], _QueryRecord] = {}
+        # fingerprint id -> the record its last statement went to: a str-keyed hit
+        # (the id's hash is cached) instead of building and hashing a 3-tuple per
+        # statement; checked against the statement's database and user, never holds
+        # OTHER records (each folded statement must reach _new_record to be counted)
+        self._last_record: dict[str, _QueryRecord] = {}
         self._metas: dict[str, _Meta] = {}
         self._transactions: dict[tuple[str, str], _TransactionRecord] = {}
         self._connections: dict[tuple[str, str], _ConnectionRecord] = {}
@@ -367,6 +372,7 @@ class Aggregator:
         self._rotate(self._clock())
         note_of = notes.get if notes else None
         records = self._records
+        last_record = self._last_record
         fingerprint = self._fingerprinter.fingerprint
         bounds_ns = self._query_bounds_ns
         max_values = self._max_tag_values
@@ -385,9 +391,14 @@ class Aggregator:
                     fp = note.fingerprint
                 else:
                     fp = fingerprint(text) if text else self._placeholder(st)
-                rec = records.get((fp.id, st.database, st.user))
-                if rec is None:
-                    rec = self._new_record(fp, st.database, st.user)
+                fid = fp.id
+                rec = last_record.get(fid)
+                if rec is None or rec.database != st.database or rec.user != st.user:
+                    rec = records.get((fid, st.database, st.user))
+                    if rec is None:
+                        rec = self._new_record(fp, st.database, st.user)
+                    if rec.meta is not _OTHER_META:
+                        last_record[fid] = rec
                 duration = st.duration_ns
                 rec.calls += 1
                 rec.sum_ns += duration

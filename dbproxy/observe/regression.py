@@ -75,6 +75,9 @@ class RegressionMonitor:
         self.overflow = 0  # statements of keys beyond max_fingerprints (not kept)
         self.queries: dict[Key, str] = {}
         self._keys: dict[Key, Key] = {}
+        # fingerprint id -> its last key: a str-keyed hit instead of a fresh tuple per
+        # statement (checked against the statement's database)
+        self._last_key: dict[str, Key] = {}
         self._evaluated_minute: int | None = None
         self._tags: dict[Key, dict[str, str]] = {}
         self._examples: dict[Key, list[tuple[int, str, int]]] = {}
@@ -142,6 +145,7 @@ class RegressionMonitor:
         nplus = self.n_plus_one
         queries = self.queries
         keys = self._keys
+        last_key = self._last_key
         for i, ev in enumerate(events):
             cls = type(ev)
             if cls is StatementFinished or cls is StatementFailed:
@@ -154,14 +158,18 @@ class RegressionMonitor:
                     fp = fingerprint(st.text)
                 if fp.operation == "EMPTY":
                     continue
-                key = keys.get((fp.id, st.database))
-                if key is None:  # one tuple per key, shared by every bucket of it
-                    if len(keys) >= self.max_fingerprints:
-                        self.overflow += 1
-                        continue
-                    key = (fp.id, st.database)
-                    keys[key] = key
-                    queries.setdefault(key, fp.text)
+                fid = fp.id
+                key = last_key.get(fid)
+                if key is None or key[1] != st.database:
+                    key = keys.get((fid, st.database))
+                    if key is None:  # one tuple per key, shared by every bucket of it
+                        if len(keys) >= self.max_fingerprints:
+                            self.overflow += 1
+                            continue
+                        key = (fid, st.database)
+                        keys[key] = key
+                        queries.setdefault(key, fp.text)
+                    last_key[fid] = key
                 err = st.error.sqlstate[:2] if cls is StatementFailed else None  # type: ignore[union-attr]
                 history.observe(key, minute, st.duration_ns, st.rows, err)
                 tags = fp.tags
