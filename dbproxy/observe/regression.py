@@ -44,6 +44,19 @@ DEPLOY_TAGS: Final = ("version", "deploy")
 _EXAMPLES: Final = 3  # slowest traced executions kept per key
 
 
+class _KeyMemo:
+    """A fingerprint's last key, and the open-minute bucket of it with the minute and
+    history generation it is valid for."""
+
+    __slots__ = ("bucket", "generation", "key", "minute")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.bucket: Bucket | None = None
+        self.minute = -1
+        self.generation = -1
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     """What scrapes (in a worker thread) may read: immutable, swapped in whole."""
@@ -75,9 +88,10 @@ class RegressionMonitor:
         self.overflow = 0  # statements of keys beyond max_fingerprints (not kept)
         self.queries: dict[Key, str] = {}
         self._keys: dict[Key, Key] = {}
-        # fingerprint id -> its last key: a str-keyed hit instead of a fresh tuple per
-        # statement (checked against the statement's database)
-        self._last_key: dict[str, Key] = {}
+        # fingerprint id -> its last key and that key's open-minute bucket: a str-keyed
+        # hit instead of a fresh tuple per statement (checked against the statement's
+        # database), and no history lookup while the minute stays open
+        self._last_key: dict[str, _KeyMemo] = {}
         self._evaluated_minute: int | None = None
         self._tags: dict[Key, dict[str, str]] = {}
         self._examples: dict[Key, list[tuple[int, str, int]]] = {}
@@ -159,8 +173,8 @@ class RegressionMonitor:
                 if fp.operation == "EMPTY":
                     continue
                 fid = fp.id
-                key = last_key.get(fid)
-                if key is None or key[1] != st.database:
+                memo = last_key.get(fid)
+                if memo is None or memo.key[1] != st.database:
                     key = keys.get((fid, st.database))
                     if key is None:  # one tuple per key, shared by every bucket of it
                         if len(keys) >= self.max_fingerprints:
@@ -169,9 +183,19 @@ class RegressionMonitor:
                         key = (fid, st.database)
                         keys[key] = key
                         queries.setdefault(key, fp.text)
-                    last_key[fid] = key
+                    memo = last_key[fid] = _KeyMemo(key)
+                key = memo.key
                 err = st.error.sqlstate[:2] if cls is StatementFailed else None  # type: ignore[union-attr]
-                history.observe(key, minute, st.duration_ns, st.rows, err)
+                open_bucket = memo.bucket
+                if (
+                    open_bucket is None
+                    or memo.minute != minute
+                    or memo.generation != history.generation
+                ):
+                    open_bucket = memo.bucket = history.open_bucket(key, minute)
+                    memo.minute = minute
+                    memo.generation = history.generation
+                open_bucket.observe(st.duration_ns, st.rows, err)
                 tags = fp.tags
                 route = application = trace_id = ""
                 if tags:
