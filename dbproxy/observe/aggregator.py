@@ -81,7 +81,7 @@ from dbproxy.protocol.events import (
     TransactionFinished,
 )
 from dbproxy.sql.analyze import QueryKind
-from dbproxy.sql.cache import SupportsFingerprint
+from dbproxy.sql.cache import Fingerprinter, SupportsFingerprint
 from dbproxy.sql.fingerprint import EMPTY_TAGS, Fingerprint, Tags, fingerprint_id
 
 __all__ = [
@@ -331,6 +331,11 @@ class Aggregator:
         if not recent_window_s > 0:
             raise ValueError("recent_window_s must be positive")
         self._fingerprinter = fingerprinter
+        # the same object when it is the real one: compiled, a direct call instead of a
+        # Python-level call through the protocol (≈ 100 instructions per statement)
+        self._native_fingerprinter = (
+            fingerprinter if isinstance(fingerprinter, Fingerprinter) else None
+        )
         self._max_fingerprints = max_fingerprints
         self._max_tag_values = max_tag_values
         self._window_s = float(recent_window_s)
@@ -374,6 +379,7 @@ class Aggregator:
         records = self._records
         last_record = self._last_record
         fingerprint = self._fingerprinter.fingerprint
+        native = self._native_fingerprinter
         bounds_ns = self._query_bounds_ns
         max_values = self._max_tag_values
         failed_in_tx = self._failed_in_tx
@@ -389,8 +395,12 @@ class Aggregator:
                 note = note_of(n - 1) if note_of is not None else None
                 if note is not None and note.fingerprint is not None:
                     fp = note.fingerprint
+                elif not text:
+                    fp = self._placeholder(st)
+                elif native is not None:
+                    fp = native.fingerprint(text)
                 else:
-                    fp = fingerprint(text) if text else self._placeholder(st)
+                    fp = fingerprint(text)
                 fid = fp.id
                 rec = last_record.get(fid)
                 if rec is None or rec.database != st.database or rec.user != st.user:
@@ -404,7 +414,8 @@ class Aggregator:
                 rec.sum_ns += duration
                 rec.recent_ns += duration
                 bucket = bucket_of(bounds_ns, duration)
-                rec.counts[bucket] += 1
+                counts = rec.counts
+                counts[bucket] = counts[bucket] + 1  # compiled: an int add (``+=`` is generic)
                 if duration > rec.max_ns:  # noqa: PLR1730 - no call on the hot path
                     rec.max_ns = duration
                 if duration < rec.min_ns or rec.min_ns < 0:

@@ -88,7 +88,9 @@ class Bucket:
         self.calls += 1
         self.sum_ns += duration_ns
         self.rows += rows
-        self.counts[bucket_of(BOUNDS_NS, duration_ns)] += 1
+        counts = self.counts
+        i = bucket_of(BOUNDS_NS, duration_ns)
+        counts[i] = counts[i] + 1  # compiled: an int add (``+=`` on an item is generic)
         if error_class is not None:
             errors = self.errors
             if errors is None:

@@ -33,7 +33,7 @@ from dbproxy.protocol.events import (
     StatementFinished,
     TransactionFinished,
 )
-from dbproxy.sql.cache import SupportsFingerprint
+from dbproxy.sql.cache import Fingerprinter, SupportsFingerprint
 
 __all__ = ["DEPLOY_TAGS", "Published", "RegressionMonitor"]
 
@@ -84,6 +84,10 @@ class RegressionMonitor:
         self.store = store
         self.clock = clock
         self._fingerprinter = fingerprinter
+        # compiled, a direct call when it is the real one (see Aggregator)
+        self._native_fingerprinter = (
+            fingerprinter if isinstance(fingerprinter, Fingerprinter) else None
+        )
         self.max_fingerprints = max_fingerprints
         self.overflow = 0  # statements of keys beyond max_fingerprints (not kept)
         self.queries: dict[Key, str] = {}
@@ -156,6 +160,7 @@ class RegressionMonitor:
         detector = self.detector
         deploy = detector.active_deploy(now)
         fingerprint = self._fingerprinter.fingerprint
+        native = self._native_fingerprinter
         nplus = self.n_plus_one
         queries = self.queries
         keys = self._keys
@@ -169,22 +174,23 @@ class RegressionMonitor:
                 note = notes.get(i) if notes else None
                 fp = note.fingerprint if note is not None and note.fingerprint else None
                 if fp is None:
-                    fp = fingerprint(st.text)
+                    fp = native.fingerprint(st.text) if native is not None else fingerprint(st.text)
                 if fp.operation == "EMPTY":
                     continue
                 fid = fp.id
                 memo = last_key.get(fid)
                 if memo is None or memo.key[1] != st.database:
-                    key = keys.get((fid, st.database))
-                    if key is None:  # one tuple per key, shared by every bucket of it
+                    found = keys.get((fid, st.database))
+                    if found is None:  # one tuple per key, shared by every bucket of it
                         if len(keys) >= self.max_fingerprints:
                             self.overflow += 1
                             continue
-                        key = (fid, st.database)
-                        keys[key] = key
-                        queries.setdefault(key, fp.text)
-                    memo = last_key[fid] = _KeyMemo(key)
-                key = memo.key
+                        found = (fid, st.database)
+                        keys[found] = found
+                        queries.setdefault(found, fp.text)
+                    memo = last_key[fid] = _KeyMemo(found)
+                # (never Optional: compiled, a plain Key is a C struct, not a new tuple)
+                key: Key = memo.key
                 err = st.error.sqlstate[:2] if cls is StatementFailed else None  # type: ignore[union-attr]
                 open_bucket = memo.bucket
                 if (
