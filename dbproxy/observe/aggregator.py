@@ -192,6 +192,8 @@ class _QueryRecord:
     """Mutable counters of one (fingerprint, database, user)."""
 
     __slots__ = (
+        "app_last",
+        "app_pending",
         "apps",
         "calls",
         "counts",
@@ -232,6 +234,11 @@ class _QueryRecord:
         self.recent_ns = 0  # current window
         self.previous_ns = 0  # previous window
         self.apps: dict[str, int] = {}
+        # calls of ``app_last`` not yet in ``apps``: consecutive calls of a key mostly
+        # come from one application, and a native int add costs less than a dict
+        # update with a boxed count; read ``apps`` through ``flush_apps``
+        self.app_last = ""
+        self.app_pending = 0
         self.tags: dict[str, dict[str, int]] | None = None
         # per bucket, the latest traced observation (allocated on the first one)
         self.exemplars: list[Exemplar | None] | None = None
@@ -241,8 +248,15 @@ class _QueryRecord:
         self.frozen_calls = -1
         self.frozen_generation = -1
 
+    def flush_apps(self, limit: int) -> dict[str, int]:
+        """``apps`` with the pending calls counted (as ``count_value`` per call would)."""
+        if self.app_pending:
+            count_value(self.apps, self.app_last, limit, self.app_pending)
+            self.app_pending = 0
+        return self.apps
 
-def _merge(group: list[_QueryRecord], database: str, user: str) -> _QueryRecord:
+
+def _merge(group: list[_QueryRecord], database: str, user: str, limit: int) -> _QueryRecord:
     """One OTHER record holding the sums of ``group`` (same database and user)."""
     other = _QueryRecord(_OTHER_META, database, user, len(group[0].counts))
     # column sums in C: this runs over thousands of records per snapshot(top=K)
@@ -262,7 +276,7 @@ def _merge(group: list[_QueryRecord], database: str, user: str) -> _QueryRecord:
     errors = [r.errors for r in group if r.errors]
     if errors:
         other.errors = merge_counts(errors)
-    other.apps = merge_counts(r.apps for r in group)
+    other.apps = merge_counts(r.flush_apps(limit) for r in group)
     traced = [r.exemplars for r in group if r.exemplars]
     if traced:
         other.exemplars = [
@@ -440,12 +454,13 @@ class Aggregator:
                 if st.rolled_back:
                     rec.rolled_back += 1
                 app = st.application_name
-                apps = rec.apps
-                seen = apps.get(app)
-                if seen is not None:
-                    apps[app] = seen + 1
+                if rec.app_pending and app == rec.app_last:
+                    rec.app_pending += 1
                 else:
-                    count_value(apps, app, max_values)
+                    if rec.app_pending:
+                        count_value(rec.apps, rec.app_last, max_values, rec.app_pending)
+                    rec.app_last = app
+                    rec.app_pending = 1
                 tags = fp.tags
                 if tags is not EMPTY_TAGS and tags:
                     self._count_tags(rec, tags)
@@ -646,7 +661,7 @@ class Aggregator:
             else:
                 folded.setdefault((rec.database, rec.user), []).append(rec)
         for (database, user), group in folded.items():
-            kept.append(_merge(group, database, user))
+            kept.append(_merge(group, database, user, self._max_tag_values))
         return kept
 
     def _freeze(self, rec: _QueryRecord) -> QueryStats:
@@ -659,7 +674,7 @@ class Aggregator:
             return frozen
         meta = rec.meta
         limit = self._max_tag_values
-        apps = rec.apps
+        apps = rec.flush_apps(limit)
         frozen = QueryStats(
             fingerprint=meta.id,
             database=rec.database,
