@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from dbproxy.observe.aggregator import StatementNote
 from dbproxy.observe.detector import Deploy, Detector, DetectorSettings, Finding, run_steps
@@ -29,11 +29,13 @@ from dbproxy.observe.nplusone import NPlusOneStats, NPlusOneTracker, trace_id_of
 from dbproxy.protocol.events import (
     Event,
     SessionClosed,
+    StatementEvent,
     StatementFailed,
     StatementFinished,
     TransactionFinished,
 )
 from dbproxy.sql.cache import Fingerprinter, SupportsFingerprint
+from dbproxy.sql.fingerprint import EMPTY_TAGS
 
 __all__ = ["DEPLOY_TAGS", "Published", "RegressionMonitor"]
 
@@ -168,7 +170,9 @@ class RegressionMonitor:
         for i, ev in enumerate(events):
             cls = type(ev)
             if cls is StatementFinished or cls is StatementFailed:
-                st: StatementFinished | StatementFailed = ev  # type: ignore[assignment]
+                # the base class: compiled, each attribute is a plain field read (a
+                # union would dispatch on the type at every access)
+                st: StatementEvent = ev  # type: ignore[assignment]
                 if not st.text:
                     continue  # function calls, unknown statements: no query to compare
                 note = notes.get(i) if notes else None
@@ -191,7 +195,9 @@ class RegressionMonitor:
                     memo = last_key[fid] = _KeyMemo(found)
                 # (never Optional: compiled, a plain Key is a C struct, not a new tuple)
                 key: Key = memo.key
-                err = st.error.sqlstate[:2] if cls is StatementFailed else None  # type: ignore[union-attr]
+                err = (
+                    cast(StatementFailed, st).error.sqlstate[:2] if cls is StatementFailed else None
+                )
                 open_bucket = memo.bucket
                 if (
                     open_bucket is None
@@ -204,7 +210,7 @@ class RegressionMonitor:
                 open_bucket.observe(st.duration_ns, st.rows, err)
                 tags = fp.tags
                 route = application = trace_id = ""
-                if tags:
+                if tags is not EMPTY_TAGS and tags:  # identity first: len() is a call
                     for tag in DEPLOY_TAGS:
                         value = tags.get(tag)
                         if value:
