@@ -4,7 +4,7 @@ on a ``StatementFinished``, with the consumers wired as ``app.py`` wires them by
 
     .venv/bin/python -m benchmarks.drain                 # µs per statement (best of 3)
     .venv/bin/python -m benchmarks.drain --callgrind     # instructions per statement
-    .venv/bin/python -m benchmarks.drain --callgrind --only aggregator
+    .venv/bin/python -m benchmarks.drain --callgrind --only aggregator --mode simple
 
 The events are real: pgbench's select-only ``-M extended`` transaction fed through 16
 :class:`Session` machines round robin (so a batch interleaves 16 sessions, each with its
@@ -43,8 +43,8 @@ _TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 NoteConsumer = Callable[[list[Event], "dict[int, StatementNote] | None"], None]
 
 
-def events(n: int = POOL, sessions: int = SESSIONS) -> list[Event]:
-    """``n`` statement events (and nothing else) of pgbench ``-S -M extended``."""
+def events(n: int = POOL, sessions: int = SESSIONS, mode: str = "extended") -> list[Event]:
+    """``n`` statement events (and nothing else) of pgbench ``-S -M mode``."""
     sink = QueueSink(1 << 20)
     machines = []
     clock = 1_000_000
@@ -55,14 +55,15 @@ def events(n: int = POOL, sessions: int = SESSIONS) -> list[Event]:
         session.server_data(s0, clock + 1_000)
         machines.append(session)
     sink.drain()  # SessionOpened
-    txs = transactions("extended", n // sessions + 1)
+    txs = transactions(mode, n // sessions + 1)
     for i, (client, server) in enumerate(txs):
         for session in machines:
             clock += 20_000
             session.client_data(client, clock)
             # 50 µs to 1.3 ms: a few histogram buckets
             session.server_data(server, clock + 50_000 + (i * 7919 % 1_250_000))
-    out = [ev for ev in sink.drain() if type(ev) is StatementFinished][:n]
+    out: list[Event] = [ev for ev in sink.drain() if isinstance(ev, StatementFinished)]
+    del out[n:]
     if len(out) != n:
         raise SystemExit(f"expected {n} statements, the sessions emitted {len(out)}")
     return out
@@ -90,9 +91,9 @@ def consumers(clock: Clock, only: str) -> tuple[list[NoteConsumer], Aggregator]:
     return wired, aggregator
 
 
-def run(passes: int, only: str, pool: list[Event] | None = None) -> float:
+def run(passes: int, only: str, pool: list[Event] | None = None, mode: str = "extended") -> float:
     """Seconds for ``passes`` passes over the pool, after one warm-up pass."""
-    pool = events() if pool is None else pool
+    pool = events(mode=mode) if pool is None else pool
     clock = Clock()
     wired, _ = consumers(clock, only)
     failures = [0]
@@ -117,11 +118,12 @@ def run(passes: int, only: str, pool: list[Event] | None = None) -> float:
     return elapsed
 
 
-def _instructions(passes: int, only: str, work: Path) -> int:
-    out = work / f"drain-{only}-{passes}.cg"
+def _instructions(passes: int, only: str, mode: str, work: Path) -> int:
+    out = work / f"drain-{mode}-{only}-{passes}.cg"
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         sys.executable, "-m", "benchmarks.drain", "--passes", str(passes), "--only", only],
+         sys.executable, "-m", "benchmarks.drain", "--passes", str(passes), "--only", only,
+         "--mode", mode],
         check=True, capture_output=True,
     )  # fmt: skip
     match = _TOTAL.search(out.read_bytes())
@@ -134,11 +136,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--only", choices=("all", "aggregator", "regression"), default="all")
+    parser.add_argument("--mode", choices=("extended", "prepared", "simple"), default="extended")
     parser.add_argument("--passes", type=int, default=0, help="(internal) run N passes")
     parser.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     args = parser.parse_args()
     if args.passes:
-        run(args.passes, args.only)
+        run(args.passes, args.only, mode=args.mode)
         return
     import dbproxy.observe.aggregator as module
 
@@ -148,14 +151,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dbproxy-drain-") as tmp:
             work = args.keep or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            low = _instructions(1, args.only, work)
-            high = _instructions(5, args.only, work)
+            low = _instructions(1, args.only, args.mode, work)
+            high = _instructions(5, args.only, args.mode, work)
         per = (high - low) / (4 * POOL)
-        print(f"drain ({args.only}): {per:,.0f} instructions per statement")
+        print(f"drain ({args.only}, -M {args.mode}): {per:,.0f} instructions per statement")
         return
-    pool = events()
+    pool = events(mode=args.mode)
     best = min(run(20, args.only, pool) for _ in range(3))
-    print(f"drain ({args.only}): {best / (20 * POOL) * 1e6:.3f} µs per statement (best of 3)")
+    print(
+        f"drain ({args.only}, -M {args.mode}): {best / (20 * POOL) * 1e6:.3f} µs per statement"
+        " (best of 3)"
+    )
 
 
 if __name__ == "__main__":
