@@ -88,7 +88,9 @@ class Bucket:
         self.calls += 1
         self.sum_ns += duration_ns
         self.rows += rows
-        self.counts[bucket_of(BOUNDS_NS, duration_ns)] += 1
+        counts = self.counts
+        i = bucket_of(BOUNDS_NS, duration_ns)
+        counts[i] = counts[i] + 1  # compiled: an int add (``+=`` on an item is generic)
         if error_class is not None:
             errors = self.errors
             if errors is None:
@@ -225,6 +227,8 @@ class History:
         self._on_closed = on_minute_closed
         self._open_minute: int | None = None
         self._open: dict[Key, Bucket] = {}
+        #: bumped whenever the open minute's buckets are handed on (see open_bucket)
+        self.generation = 0
         #: completed minutes still inside the recent window, oldest first
         self._minutes: dict[int, FrozenMinute] = {}
         self._window: dict[Key, Bucket] = {}  # sum of self._minutes
@@ -241,6 +245,13 @@ class History:
     def observe(
         self, key: Key, minute: int, duration_ns: int, rows: int, error_class: str | None
     ) -> None:
+        self.open_bucket(key, minute).observe(duration_ns, rows, error_class)
+
+    def open_bucket(self, key: Key, minute: int) -> Bucket:
+        """The bucket an observation of ``key`` at ``minute`` goes to (rolling to
+        ``minute`` first).  A caller may keep it and observe into it directly while
+        :attr:`generation` is unchanged and its minute is the same: the open minute
+        only moves forward, and every move bumps the generation."""
         if minute != self._open_minute:
             self.roll(minute)
         bucket = self._open.get(key)
@@ -248,7 +259,7 @@ class History:
             bucket = self._open[key] = Bucket()
             if key not in self.first_seen:
                 self.first_seen[key] = minute
-        bucket.observe(duration_ns, rows, error_class)
+        return bucket
 
     def roll(self, minute: int) -> None:
         """Close the open minute if ``minute`` is later (a clock going back is ignored:
@@ -263,6 +274,7 @@ class History:
             return
         closed, self._open_minute = self._open_minute, minute
         buckets, self._open = self._open, {}
+        self.generation += 1
         if buckets:
             self._close(closed, buckets, persist=True)
         self._expire(minute)

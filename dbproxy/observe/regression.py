@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from dbproxy.observe.aggregator import StatementNote
 from dbproxy.observe.detector import Deploy, Detector, DetectorSettings, Finding, run_steps
@@ -29,11 +29,13 @@ from dbproxy.observe.nplusone import NPlusOneStats, NPlusOneTracker, trace_id_of
 from dbproxy.protocol.events import (
     Event,
     SessionClosed,
+    StatementEvent,
     StatementFailed,
     StatementFinished,
     TransactionFinished,
 )
-from dbproxy.sql.cache import SupportsFingerprint
+from dbproxy.sql.cache import Fingerprinter, SupportsFingerprint
+from dbproxy.sql.fingerprint import EMPTY_TAGS
 
 __all__ = ["DEPLOY_TAGS", "Published", "RegressionMonitor"]
 
@@ -42,6 +44,19 @@ log = logging.getLogger(__name__)
 #: sqlcommenter tags whose new values mark a deploy
 DEPLOY_TAGS: Final = ("version", "deploy")
 _EXAMPLES: Final = 3  # slowest traced executions kept per key
+
+
+class _KeyMemo:
+    """A fingerprint's last key, and the open-minute bucket of it with the minute and
+    history generation it is valid for."""
+
+    __slots__ = ("bucket", "generation", "key", "minute")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.bucket: Bucket | None = None
+        self.minute = -1
+        self.generation = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +86,18 @@ class RegressionMonitor:
         self.store = store
         self.clock = clock
         self._fingerprinter = fingerprinter
+        # compiled, a direct call when it is the real one (see Aggregator)
+        self._native_fingerprinter = (
+            fingerprinter if isinstance(fingerprinter, Fingerprinter) else None
+        )
         self.max_fingerprints = max_fingerprints
         self.overflow = 0  # statements of keys beyond max_fingerprints (not kept)
         self.queries: dict[Key, str] = {}
         self._keys: dict[Key, Key] = {}
+        # fingerprint id -> its last key and that key's open-minute bucket: a str-keyed
+        # hit instead of a fresh tuple per statement (checked against the statement's
+        # database), and no history lookup while the minute stays open
+        self._last_key: dict[str, _KeyMemo] = {}
         self._evaluated_minute: int | None = None
         self._tags: dict[Key, dict[str, str]] = {}
         self._examples: dict[Key, list[tuple[int, str, int]]] = {}
@@ -139,34 +162,55 @@ class RegressionMonitor:
         detector = self.detector
         deploy = detector.active_deploy(now)
         fingerprint = self._fingerprinter.fingerprint
+        native = self._native_fingerprinter
         nplus = self.n_plus_one
         queries = self.queries
         keys = self._keys
+        last_key = self._last_key
         for i, ev in enumerate(events):
             cls = type(ev)
             if cls is StatementFinished or cls is StatementFailed:
-                st: StatementFinished | StatementFailed = ev  # type: ignore[assignment]
+                # the base class: compiled, each attribute is a plain field read (a
+                # union would dispatch on the type at every access)
+                st: StatementEvent = ev  # type: ignore[assignment]
                 if not st.text:
                     continue  # function calls, unknown statements: no query to compare
                 note = notes.get(i) if notes else None
                 fp = note.fingerprint if note is not None and note.fingerprint else None
                 if fp is None:
-                    fp = fingerprint(st.text)
+                    fp = native.fingerprint(st.text) if native is not None else fingerprint(st.text)
                 if fp.operation == "EMPTY":
                     continue
-                key = keys.get((fp.id, st.database))
-                if key is None:  # one tuple per key, shared by every bucket of it
-                    if len(keys) >= self.max_fingerprints:
-                        self.overflow += 1
-                        continue
-                    key = (fp.id, st.database)
-                    keys[key] = key
-                    queries.setdefault(key, fp.text)
-                err = st.error.sqlstate[:2] if cls is StatementFailed else None  # type: ignore[union-attr]
-                history.observe(key, minute, st.duration_ns, st.rows, err)
+                fid = fp.id
+                memo = last_key.get(fid)
+                if memo is None or memo.key[1] != st.database:
+                    found = keys.get((fid, st.database))
+                    if found is None:  # one tuple per key, shared by every bucket of it
+                        if len(keys) >= self.max_fingerprints:
+                            self.overflow += 1
+                            continue
+                        found = (fid, st.database)
+                        keys[found] = found
+                        queries.setdefault(found, fp.text)
+                    memo = last_key[fid] = _KeyMemo(found)
+                # (never Optional: compiled, a plain Key is a C struct, not a new tuple)
+                key: Key = memo.key
+                err = (
+                    cast(StatementFailed, st).error.sqlstate[:2] if cls is StatementFailed else None
+                )
+                open_bucket = memo.bucket
+                if (
+                    open_bucket is None
+                    or memo.minute != minute
+                    or memo.generation != history.generation
+                ):
+                    open_bucket = memo.bucket = history.open_bucket(key, minute)
+                    memo.minute = minute
+                    memo.generation = history.generation
+                open_bucket.observe(st.duration_ns, st.rows, err)
                 tags = fp.tags
                 route = application = trace_id = ""
-                if tags:
+                if tags is not EMPTY_TAGS and tags:  # identity first: len() is a call
                     for tag in DEPLOY_TAGS:
                         value = tags.get(tag)
                         if value:

@@ -18,15 +18,16 @@ __all__ = ["OTHER_VALUE", "count_value", "merge_counts", "top_items"]
 OTHER_VALUE = "__other__"
 
 
-def count_value(counter: dict[str, int], value: str, limit: int) -> None:
-    """Count one observation of ``value`` in a counter bounded to ``limit`` values."""
+def count_value(counter: dict[str, int], value: str, limit: int, times: int = 1) -> None:
+    """Count ``times`` observations of ``value`` in a counter bounded to ``limit`` values
+    (the same as ``times`` calls: where the first one goes, so do the others)."""
     n = counter.get(value)
     if n is not None:
-        counter[value] = n + 1
+        counter[value] = n + times
     elif len(counter) - (OTHER_VALUE in counter) < limit and value != OTHER_VALUE:
-        counter[value] = 1
+        counter[value] = times
     else:
-        counter[OTHER_VALUE] = counter.get(OTHER_VALUE, 0) + 1
+        counter[OTHER_VALUE] = counter.get(OTHER_VALUE, 0) + times
 
 
 def merge_counts(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """The cached fingerprinter the proxy owns (one per process, passed in by the composition
 root; never a module global).
 
-Three bounded LRU caches sit in front of sqlglot:
+Three bounded caches sit in front of sqlglot (:class:`GenerationalCache`: a hit is one
+dict lookup, nothing is reordered; entries used since the last rotation survive it):
 
 * **exact**: raw statement text → :class:`Fingerprint`.  An extended-protocol query
   (``$n`` parameters) has the same text on every execution, so this is the common case.
@@ -29,9 +30,8 @@ Not thread-safe (plain dicts, no locks): one instance belongs to one task or thr
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 from dbproxy.sql.commenter import tags_from_comments
 from dbproxy.sql.fingerprint import (
@@ -44,7 +44,7 @@ from dbproxy.sql.fingerprint import (
 )
 from dbproxy.sql.skeleton import NO_CONSTANT, literal_skeleton
 
-__all__ = ["Fingerprinter", "FingerprinterStats", "SupportsFingerprint"]
+__all__ = ["Fingerprinter", "FingerprinterStats", "GenerationalCache", "SupportsFingerprint"]
 
 # Texts longer than these are fingerprinted but not cached, which bounds the caches' memory
 # (entries x length) and keeps one-off giant statements from evicting the hot set.
@@ -52,6 +52,73 @@ DEFAULT_MAX_EXACT_CHARS: Final = 8_192
 DEFAULT_MAX_SHAPE_CHARS: Final = 8_192
 #: texts with constants remembered as they are (one drained batch is 512 statements)
 _RECENT_SIZE: Final = 4_096
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class GenerationalCache(Generic[K, V]):
+    """A bounded cache whose hits cost one dict lookup (an LRU's ``move_to_end`` on every
+    hit cost more than the lookup itself).
+
+    Two generations of at most ``capacity // 2`` entries each: new entries go to the
+    young one; when it is full, the old generation is dropped and the young one becomes
+    the old one; a hit in the old generation moves the entry back to the young one.  So
+    ``len() <= capacity`` always, and an entry used at least once every
+    ``capacity // 2`` insertions is never evicted (an LRU keeps those used once every
+    ``capacity`` insertions: the bound is the same, the guaranteed hot set half of it).
+    ``capacity`` 1 keeps one generation of one entry; 0 caches nothing."""
+
+    __slots__ = ("_generation", "_old", "_young", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        self.capacity = capacity
+        self._generation = max(1, capacity // 2)
+        self._young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        hit = self._young.get(key)
+        if hit is not None:
+            return hit
+        old = self._old
+        if not old:
+            return None
+        hit = old.pop(key, None)
+        if hit is not None:
+            self._add(key, hit)
+        return hit
+
+    def put(self, key: K, value: V) -> None:
+        if not self.capacity:
+            return
+        young = self._young
+        if key in young:
+            young[key] = value
+            return
+        self._old.pop(key, None)
+        self._add(key, value)
+
+    def _add(self, key: K, value: V) -> None:
+        young = self._young
+        if len(young) >= self._generation:
+            # capacity 1: a single generation (two would hold 2 entries)
+            self._old = young if self.capacity > 1 else {}
+            self._young = young = {}
+        young[key] = value
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._young or key in self._old
+
+    def clear(self) -> None:
+        self._young = {}
+        self._old = {}
 
 
 class SupportsFingerprint(Protocol):
@@ -151,9 +218,9 @@ class Fingerprinter:
     ) -> None:
         if exact_capacity < 0 or shape_capacity < 0 or skeleton_capacity < 0:
             raise ValueError("cache capacities must be >= 0")
-        self._exact: OrderedDict[str, Fingerprint] = OrderedDict()
-        self._shape: OrderedDict[str, Fingerprint] = OrderedDict()
-        self._skeleton: OrderedDict[bytes, Fingerprint] = OrderedDict()
+        self._exact: GenerationalCache[str, Fingerprint] = GenerationalCache(exact_capacity)
+        self._shape: GenerationalCache[str, Fingerprint] = GenerationalCache(shape_capacity)
+        self._skeleton: GenerationalCache[bytes, Fingerprint] = GenerationalCache(skeleton_capacity)
         self._exact_capacity = exact_capacity
         self._shape_capacity = shape_capacity
         self._skeleton_capacity = skeleton_capacity
@@ -176,7 +243,6 @@ class Fingerprinter:
         exact = self._exact
         hit = exact.get(sql)
         if hit is not None:
-            exact.move_to_end(sql)
             self._exact_hits += 1
             return hit
         # A traceparent is new on every execution: look the statement up without its
@@ -206,7 +272,6 @@ class Fingerprinter:
         if skeleton is not None:
             hit = self._skeleton.get(skeleton)
             if hit is not None:
-                self._skeleton.move_to_end(skeleton)
                 self._skeleton_hits += 1
                 self._remember(sql, hit)
                 return hit
@@ -219,7 +284,6 @@ class Fingerprinter:
         shape = self._shape
         base = shape.get(key)
         if base is not None:
-            shape.move_to_end(key)
             self._shape_hits += 1
         else:
             self._shape_misses += 1
@@ -230,25 +294,18 @@ class Fingerprinter:
             if not analysis.parse_ok:
                 self._parse_failures += 1
             base = build(norm, analysis)
-            if len(key) <= self._max_shape_chars and self._shape_capacity:
-                shape[key] = base
-                if len(shape) > self._shape_capacity:
-                    shape.popitem(last=False)
+            if len(key) <= self._max_shape_chars:
+                shape.put(key, base)
 
         result = with_tags(base, norm.comments)
         # A traceparent is new on every execution: caching such texts would only evict.
         if "traceparent" in result.tags:
             return result
         if skeleton is not None and not norm.keeps_constant_text():
-            cache = self._skeleton
-            cache[skeleton] = result
-            if len(cache) > self._skeleton_capacity:
-                cache.popitem(last=False)
+            self._skeleton.put(skeleton, result)
             self._remember(sql, result)
-        elif len(sql) <= self._max_exact_chars and self._exact_capacity:
-            exact[sql] = result
-            if len(exact) > self._exact_capacity:
-                exact.popitem(last=False)
+        elif len(sql) <= self._max_exact_chars:
+            exact.put(sql, result)
         return result
 
     def _remember(self, sql: str, fp: Fingerprint) -> None:
