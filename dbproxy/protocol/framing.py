@@ -219,9 +219,12 @@ class FrameReader:
             return -1
         # indexing, not struct: compiled, it is a few native operations
         msg_type: i64 = data[pos]
-        length: i64 = (
-            (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
-        )
+        # each byte into a machine integer first: shifts and ors of those are plain C
+        b1: i64 = data[pos + 1]
+        b2: i64 = data[pos + 2]
+        b3: i64 = data[pos + 3]
+        b4: i64 = data[pos + 4]
+        length: i64 = (b1 << 24) | (b2 << 16) | (b3 << 8) | b4
         if length < 4 or length > self._max_length:
             raise self._error(f"invalid message length {length} for message type {chr(msg_type)!r}")
         body_len: i64 = length - 4

@@ -213,12 +213,24 @@ class _PendingQueue:
     when full (a pipeline of a million Executes before one Sync) and shrinks back when
     it empties."""
 
-    __slots__ = ("_count", "_head", "_kinds", "_mask", "_payloads", "_sent")
+    __slots__ = (
+        "_count",
+        "_head",
+        "_kinds",
+        "_last_box",
+        "_last_ns",
+        "_mask",
+        "_payloads",
+        "_sent",
+    )
 
     def __init__(self) -> None:
         self._kinds: list[int] = [0] * _RING
         self._payloads: list[object] = [None] * _RING
-        self._sent: list[int] = [0] * _RING
+        # the times, boxed: the requests of one read share one boxed int (_last_box)
+        self._sent: list[object] = [0] * _RING
+        self._last_ns = -1
+        self._last_box: object = -1
         self._mask = _RING - 1
         self._head = 0
         self._count = 0
@@ -233,7 +245,10 @@ class _PendingQueue:
         i = (self._head + count) & self._mask
         self._kinds[i] = kind
         self._payloads[i] = payload
-        self._sent[i] = sent_ns
+        if sent_ns != self._last_ns:
+            self._last_ns = sent_ns
+            self._last_box = sent_ns
+        self._sent[i] = self._last_box
         self._count = count + 1
 
     def append(self, item: _Pending) -> None:
@@ -247,7 +262,7 @@ class _PendingQueue:
         return self._payloads[self._head]
 
     def first_sent(self) -> int:
-        return self._sent[self._head]
+        return cast(int, self._sent[self._head])
 
     def drop(self) -> None:
         """Forget the oldest request (there must be one)."""
@@ -274,7 +289,7 @@ class _PendingQueue:
         if not self._count:
             return None
         head = self._head
-        return _Pending(self._kinds[head], self._payloads[head], self._sent[head])
+        return _Pending(self._kinds[head], self._payloads[head], cast(int, self._sent[head]))
 
     def popleft(self) -> _Pending:
         item = self.first()
@@ -286,7 +301,7 @@ class _PendingQueue:
         """The pending requests, oldest first (built on demand)."""
         kinds, payloads, sent, mask = self._kinds, self._payloads, self._sent, self._mask
         order = [(self._head + i) & mask for i in range(self._count)]
-        return [_Pending(kinds[i], payloads[i], sent[i]) for i in order]
+        return [_Pending(kinds[i], payloads[i], cast(int, sent[i])) for i in order]
 
     def replace(self, items: list[_Pending]) -> None:
         self.clear()
@@ -376,6 +391,8 @@ class Session:
         self._last_parse: tuple[messages.ParseMessage, _Prepared] | None = None
         # CommandComplete bodies repeat ("SELECT 1", "INSERT 0 1"): decode each once
         self._tags: dict[bytes, tuple[str, int | None]] = {}
+        self._last_tag_body = b""
+        self._last_tag: tuple[str, int | None] | None = None
         self._portals: dict[str, _Run] = {}
         self._pending = _PendingQueue()
         self._group_start_ns = 0
@@ -720,11 +737,14 @@ class Session:
     def _on_server(self, msg_type: int, body: bytes, now: int) -> None:
         pending = self._pending
         if msg_type == codes.COMMAND_COMPLETE:
-            tag = self._tags.get(body)
+            # the same tag as last time ("SELECT 1"): a memcmp, not a hash of the body
+            tag = self._last_tag if body == self._last_tag_body else self._tags.get(body)
             if tag is None:
                 tag = messages.decode_command_complete(body)
                 if len(self._tags) < _TAG_CACHE_SIZE:
                     self._tags[body] = tag
+            self._last_tag_body = body
+            self._last_tag = tag
             command, count = tag
             kind = pending.first_kind()
             if kind == _EXECUTE:
@@ -1013,9 +1033,14 @@ class Session:
                     run.end_ns += commit_ns
                     run.active_ns += commit_ns
         if status == codes.TX_IDLE and not len(pending):
-            for run in list(self._suspended):
-                self._finish_suspended(run)
-            self._portals.clear()
+            if self._suspended:
+                for run in list(self._suspended):
+                    self._finish_suspended(run)
+            portals = self._portals
+            if len(portals) == 1 and "" in portals:
+                del portals[""]  # the usual case; unlike clear(), keeps the dict's table
+            elif portals:
+                portals.clear()
         self._implicit.clear()
         self._last_extended = None
         self._query_run = None
