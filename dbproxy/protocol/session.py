@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Final, NamedTuple, cast
 
 from dbproxy.errors import FrontendProtocolError, ProtocolError
 from dbproxy.protocol import codes, messages
@@ -65,6 +65,9 @@ from dbproxy.protocol.events import (
 )
 from dbproxy.protocol.framing import STARTUP, FrameReader, frontend_capture
 from dbproxy.sql.splitter import split_statements
+
+if TYPE_CHECKING:
+    from mypy_extensions import i64  # compiled: a machine integer; pure Python: an int
 
 EmitFn = Callable[[Event], None]
 
@@ -231,9 +234,9 @@ class _PendingQueue:
         self._sent: list[object] = [0] * _RING
         self._last_ns = -1
         self._last_box: object = -1
-        self._mask = _RING - 1
-        self._head = 0
-        self._count = 0
+        self._mask: i64 = _RING - 1
+        self._head: i64 = 0
+        self._count: i64 = 0
 
     def __len__(self) -> int:
         return self._count
@@ -242,7 +245,7 @@ class _PendingQueue:
         count = self._count
         if count > self._mask:
             self._resize(2 * (self._mask + 1))
-        i = (self._head + count) & self._mask
+        i: i64 = (self._head + count) & self._mask
         self._kinds[i] = kind
         self._payloads[i] = payload
         if sent_ns != self._last_ns:
@@ -266,14 +269,14 @@ class _PendingQueue:
 
     def drop(self) -> None:
         """Forget the oldest request (there must be one)."""
-        head = self._head
+        head: i64 = self._head
         self._payloads[head] = None
         self._head = (head + 1) & self._mask
         self._count -= 1
         if not self._count and self._mask >= _RING_SHRINK:
             self._resize(_RING)
 
-    def _resize(self, size: int) -> None:
+    def _resize(self, size: i64) -> None:
         kinds, payloads, sent = self._kinds, self._payloads, self._sent
         mask, head, count = self._mask, self._head, self._count
         order = [(head + i) & mask for i in range(count)]
@@ -393,7 +396,8 @@ class Session:
         self._tags: dict[bytes, tuple[str, int | None]] = {}
         self._last_tag_body = b""
         self._last_tag: tuple[str, int | None] | None = None
-        self._portals: dict[str, _Run] = {}
+        self._portals: dict[str, _Run] = {}  # named portals
+        self._unnamed: _Run | None = None  # the unnamed portal (most drivers' only one)
         self._pending = _PendingQueue()
         self._group_start_ns = 0
         self._syncs_sent = 0  # batches the client has closed with Sync
@@ -561,7 +565,7 @@ class Session:
         if msg_type == codes.EXECUTE:
             named = not body or body[0] != 0
             portal_name = messages.decode_execute(body, enc)[0] if named else ""
-            run = self._portals.get(portal_name)
+            run = self._portals.get(portal_name) if portal_name else self._unnamed
             if run is None:
                 run = _Run("extended", "", portal_name=portal_name)
             sent = self._group_start_ns or now
@@ -593,10 +597,14 @@ class Session:
                     in_time = now - prepared.parsed_ns <= _FRESH_BIND_NS
                     prepared.fresh_batch = self._syncs_sent if in_time else _STALE
                 run.text_in_batch = prepared.fresh_batch == self._syncs_sent
-            replaced = self._portals.get(portal_name)
-            if replaced is not None and self._suspended:
-                self._finish_suspended(replaced)
-            self._portals[portal_name] = run
+            if self._suspended:
+                replaced = self._portals.get(portal_name) if portal_name else self._unnamed
+                if replaced is not None:
+                    self._finish_suspended(replaced)
+            if portal_name:
+                self._portals[portal_name] = run
+            else:
+                self._unnamed = run
             self._start_group(now)
             self._pending.push(_BIND, run, now)
         elif msg_type == codes.SYNC:
@@ -622,14 +630,15 @@ class Session:
             parse, prepared = cached
             prepared.parsed_ns = now
             prepared.fresh_batch = _UNDECIDED
-            self._prepared[parse.name] = prepared
+            if self._prepared.get(parse.name) is not prepared:  # a get is cheaper than a set
+                self._prepared[parse.name] = prepared
             self._start_group(now)
             self._pending.push(_PARSE, parse, now)
         elif msg_type == codes.DESCRIBE:
             self._start_group(now)
             self._pending.push(_DESCRIBE, None, now)
         elif msg_type == codes.QUERY:
-            unnamed = self._portals.get("")
+            unnamed = self._unnamed
             if unnamed is not None and self._suspended:
                 self._finish_suspended(unnamed)  # a simple Query drops the unnamed portal
             query = _Query(messages.decode_query(body, enc))
@@ -646,7 +655,10 @@ class Session:
             if kind == ord("S"):
                 self._prepared.pop(name, None)
             elif kind == ord("P"):
-                target = self._portals.pop(name, None)
+                if name:
+                    target = self._portals.pop(name, None)
+                else:
+                    target, self._unnamed = self._unnamed, None
             self._pending.push(_CLOSE, target, now)
         elif msg_type == codes.FUNCTION_CALL:
             oid = messages.decode_function_call(body)
@@ -1036,11 +1048,9 @@ class Session:
             if self._suspended:
                 for run in list(self._suspended):
                     self._finish_suspended(run)
-            portals = self._portals
-            if len(portals) == 1 and "" in portals:
-                del portals[""]  # the usual case; unlike clear(), keeps the dict's table
-            elif portals:
-                portals.clear()
+            self._unnamed = None
+            if self._portals:
+                self._portals.clear()
         self._implicit.clear()
         self._last_extended = None
         self._query_run = None
