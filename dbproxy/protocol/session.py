@@ -123,15 +123,26 @@ class CurrentStatement(NamedTuple):
 
 
 class _Prepared:
-    __slots__ = ("fresh_batch", "param_type_oids", "parsed_ns", "text")
+    __slots__ = ("fresh_batch", "param_type_oids", "parse", "parsed_ns", "text")
 
-    def __init__(self, text: str, param_type_oids: tuple[int, ...]) -> None:
-        self.text = text
-        self.param_type_oids = param_type_oids
+    def __init__(self, parse: messages.ParseMessage) -> None:
+        self.parse = parse
+        self.text = parse.query
+        self.param_type_oids = parse.param_type_oids
         self.parsed_ns = 0  # when the Parse was sent
         # The batch (client Sync count) whose executions the Parse text belongs to:
         # decided at the first Bind; _UNDECIDED until then, _STALE if that Bind came late.
         self.fresh_batch = _UNDECIDED
+
+
+class _Tag:
+    """A CommandComplete tag, decoded: the command and the row count it names."""
+
+    __slots__ = ("command", "count")
+
+    def __init__(self, command: str, count: int | None) -> None:
+        self.command = command
+        self.count = count
 
 
 class _Run:
@@ -389,13 +400,15 @@ class Session:
 
         # protocol state mirrored from the server
         self._prepared: dict[str, _Prepared] = {}
-        self._parse_cache: dict[bytes, tuple[messages.ParseMessage, _Prepared]] = {}
+        # (objects, not tuples: compiled, a tuple read into a variable is unboxed, and
+        # boxed into a new tuple when stored again)
+        self._parse_cache: dict[bytes, _Prepared] = {}
         self._last_parse_body = b""
-        self._last_parse: tuple[messages.ParseMessage, _Prepared] | None = None
+        self._last_parse: _Prepared | None = None
         # CommandComplete bodies repeat ("SELECT 1", "INSERT 0 1"): decode each once
-        self._tags: dict[bytes, tuple[str, int | None]] = {}
+        self._tags: dict[bytes, _Tag] = {}
         self._last_tag_body = b""
-        self._last_tag: tuple[str, int | None] | None = None
+        self._last_tag: _Tag | None = None
         self._portals: dict[str, _Run] = {}  # named portals
         self._unnamed: _Run | None = None  # the unnamed portal (most drivers' only one)
         self._pending = _PendingQueue()
@@ -614,20 +627,19 @@ class Session:
         elif msg_type == codes.PARSE:
             # Drivers send the same Parse over and over (unnamed statements): decode once.
             # The last one is compared first (a memcmp; the dict would hash the body).
-            cached = self._last_parse if body == self._last_parse_body else None
-            if cached is None:
-                cached = self._parse_cache.get(body)
-            if cached is None:
-                parse = messages.decode_parse(body, enc)
-                cached = (parse, _Prepared(parse.query, parse.param_type_oids))
+            prepared = self._last_parse if body == self._last_parse_body else None
+            if prepared is None:
+                prepared = self._parse_cache.get(body)
+            if prepared is None:
+                prepared = _Prepared(messages.decode_parse(body, enc))
                 if len(body) <= _PARSE_CACHE_MAX_BODY:  # big bulk statements: not kept
                     if len(self._parse_cache) >= _PARSE_CACHE_SIZE:
                         self._parse_cache.clear()
-                    self._parse_cache[body] = cached
+                    self._parse_cache[body] = prepared
             if len(body) <= _PARSE_CACHE_MAX_BODY:
                 self._last_parse_body = body
-                self._last_parse = cached
-            parse, prepared = cached
+                self._last_parse = prepared
+            parse = prepared.parse
             prepared.parsed_ns = now
             prepared.fresh_batch = _UNDECIDED
             if self._prepared.get(parse.name) is not prepared:  # a get is cheaper than a set
@@ -752,12 +764,12 @@ class Session:
             # the same tag as last time ("SELECT 1"): a memcmp, not a hash of the body
             tag = self._last_tag if body == self._last_tag_body else self._tags.get(body)
             if tag is None:
-                tag = messages.decode_command_complete(body)
+                tag = _Tag(*messages.decode_command_complete(body))
                 if len(self._tags) < _TAG_CACHE_SIZE:
                     self._tags[body] = tag
             self._last_tag_body = body
             self._last_tag = tag
-            command, count = tag
+            command, count = tag.command, tag.count
             kind = pending.first_kind()
             if kind == _EXECUTE:
                 run = cast(_Run, pending.first_payload())
