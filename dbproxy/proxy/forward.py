@@ -110,6 +110,7 @@ class ServerConnection:
         transport = client.transport
         assert transport is not None  # the client side is connected first
         self._client_write: Callable[[bytes], object] = transport.write
+        self._clock: Callable[[], int] = time.monotonic_ns  # bound once: no lookup per read
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -127,7 +128,7 @@ class ServerConnection:
         session = self._session
         if session.observing:
             try:
-                session.server_data(data, time.monotonic_ns())
+                session.server_data(data, self._clock())
             except Exception:
                 self._client.observer_failed()
 
@@ -160,6 +161,7 @@ class ClientForward:
     ) -> None:
         self._owner = owner
         self._upstream_write: Callable[[bytes], object] = upstream.write
+        self._clock: Callable[[], int] = time.monotonic_ns
         self._session = session
         self._stats = stats
 
@@ -170,7 +172,7 @@ class ClientForward:
         session = self._session
         if session.observing:
             try:
-                session.client_data(data, time.monotonic_ns())
+                session.client_data(data, self._clock())
             except Exception:
                 self._owner.observer_failed()
 

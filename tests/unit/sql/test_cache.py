@@ -129,3 +129,24 @@ def test_fingerprinter_satisfies_the_protocol() -> None:
 
     seam: SupportsFingerprint = Fingerprinter()
     assert seam.fingerprint("SELECT 1").operation == "SELECT"
+
+
+def test_repeated_text_is_served_by_the_last_hit_and_counted_as_an_exact_hit() -> None:
+    fp = Fingerprinter()
+    a = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+    b = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+    first_a, first_b = fp.fingerprint(a), fp.fingerprint(b)
+    # equal texts in other objects (each session decodes its own), alternating and repeated
+    texts = [a, "".join(a), b, "".join(b), "".join(b), a]
+    assert [fp.fingerprint(t) for t in texts] == [
+        first_a,
+        first_a,
+        first_b,
+        first_b,
+        first_b,
+        first_a,
+    ]
+    assert fp.stats.exact_hits == len(texts)
+    fp.clear()
+    assert fp.fingerprint("".join(a)) == first_a  # recomputed after clear(), same result
+    assert fp.stats.exact_misses == 3
