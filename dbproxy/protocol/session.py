@@ -113,6 +113,33 @@ _RING: Final = 16  # pending requests held without growing (a power of two)
 _RING_SHRINK: Final = 1024  # a ring grown to this size shrinks back when it empties
 
 
+_MAX_BIND_HEAD: Final = 256  # longer portal + statement names are decoded every time
+
+
+def _second_nul(body: bytes) -> int:
+    """The position after the second NUL of ``body`` (a Bind's portal and statement
+    names), or -1.  A loop over the bytes: compiled, native indexing."""
+    seen = 0
+    for i in range(min(len(body), _MAX_BIND_HEAD)):
+        if body[i] == 0:
+            seen += 1
+            if seen == 2:
+                return i + 1
+    return -1
+
+
+def _starts_with(body: bytes, head: bytes) -> bool:
+    """``body.startswith(head)`` for a non-empty ``head`` (compiled, a native loop where
+    the method would be a generic call)."""
+    n = len(head)
+    if not n or len(body) < n:
+        return False
+    for i in range(n):  # noqa: SIM110 - a generator is not a native loop when compiled
+        if body[i] != head[i]:
+            return False
+    return True
+
+
 class CurrentStatement(NamedTuple):
     """:meth:`Session.current_statement`: monotonic ns like the session's events."""
 
@@ -406,6 +433,10 @@ class Session:
         self._last_parse_body = b""
         self._last_parse: _Prepared | None = None
         # CommandComplete bodies repeat ("SELECT 1", "INSERT 0 1"): decode each once
+        # the names of the last Bind to a named statement (drivers reuse them: -M prepared)
+        self._bind_head = b""  # the body up to the statement name's NUL; b"": none yet
+        self._bind_portal = ""
+        self._bind_statement = ""
         self._tags: dict[bytes, _Tag] = {}
         self._last_tag_body = b""
         self._last_tag: _Tag | None = None
@@ -593,8 +624,14 @@ class Session:
         elif msg_type == codes.BIND:
             if len(body) >= 2 and body[0] == 0 and body[1] == 0:  # unnamed portal, statement
                 portal_name = statement_name = ""
+            elif _starts_with(body, self._bind_head):  # the names of the last named Bind
+                portal_name, statement_name = self._bind_portal, self._bind_statement
             else:
                 portal_name, statement_name = messages.decode_bind(body, enc)
+                end = _second_nul(body)
+                if 0 < end <= _MAX_BIND_HEAD:
+                    self._bind_head = body[:end]
+                    self._bind_portal, self._bind_statement = portal_name, statement_name
             prepared = self._prepared.get(statement_name)
             run = _Run(
                 "extended",

@@ -377,6 +377,27 @@ def test_named_statement_reused_across_binds() -> None:
     }
 
 
+def test_binds_alternating_between_named_statements_and_portals_keep_their_names() -> None:
+    # The names of the last named Bind are remembered (the body up to the statement
+    # name's NUL); other names, a name that extends the last one, or named portals must
+    # not reuse them.
+    script: Script = [
+        *login(),
+        ("c", w.parse("SELECT 1", name="s") + w.parse("SELECT 2", name="s1") + w.sync(), 10),
+        ("s", w.parse_complete() * 2 + w.ready(), 20),
+    ]
+    binds = [("s", ""), ("s1", ""), ("s1", ""), ("s", "p"), ("s", ""), ("s1", "p1"), ("s1", "")]
+    t = 100
+    for statement, portal in binds:
+        script.append(("c", w.bind(statement, portal=portal) + w.execute(portal) + w.sync(), t))
+        script.append(("s", w.bind_complete() + w.command_complete("SELECT 0") + w.ready(), t + 5))
+        t += 100
+    stmts = statements(check(script))
+    assert [(s.text, s.statement_name, s.portal_name) for s in stmts] == [
+        ({"s": "SELECT 1", "s1": "SELECT 2"}[st], st, po) for st, po in binds
+    ]
+
+
 def test_pipeline_of_executes_then_one_sync() -> None:
     sql = "INSERT INTO t VALUES ($1)"
     client = w.parse(sql, name="ins")
