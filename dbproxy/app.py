@@ -578,7 +578,9 @@ GC_THRESHOLDS: tuple[int, int, int] = (10_000, 10, 10)
 
 
 def tune_gc() -> None:
-    """The collector policy of a serving process, applied once it has started.
+    """The collector policy of a serving process, applied once its App is built and
+    before its listeners accept (a connection is a reference cycle: one frozen while
+    alive would never be collected).
 
     ``gc.freeze()`` moves what start-up built (modules, sqlglot's tables, the
     configuration: ~72,000 objects) out of the collector's sight, so its full collections
@@ -601,6 +603,7 @@ def tune_gc() -> None:
 
 async def serve(config: ProxyConfig, source: ConfigSource | None = None) -> None:
     app = App(config)
+    tune_gc()  # before the listeners accept: a live connection must not be frozen
     loop = asyncio.get_running_loop()
     # before start: a signal that arrives while it starts (after "listening on") is
     # handled once it has started, rather than killing it by the default action
@@ -609,7 +612,6 @@ async def serve(config: ProxyConfig, source: ConfigSource | None = None) -> None
     reloader = app.reloader(source, config) if source is not None else None
     loop.add_signal_handler(signal.SIGHUP, app.hangup, reloader)
     await app.start()
-    tune_gc()
     await app.run_until_stopped()
     log.info("dbproxy stopped")
 

@@ -789,7 +789,14 @@ class Session:
         if name == "application_name":
             self.application_name = value
         elif name == "client_encoding":
-            self._encoding = messages.python_encoding(value)
+            encoding = messages.python_encoding(value)
+            if encoding != self._encoding:
+                # the caches keyed by raw bytes hold names and texts decoded the old way
+                self._encoding = encoding
+                self._parse_cache.clear()
+                self._last_parse_body = b""
+                self._last_parse = None
+                self._bind_head = b""
         elif name == "server_version":
             self.server_version = value
         elif name == "search_path":  # reported by PostgreSQL >= 18

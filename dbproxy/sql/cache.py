@@ -190,8 +190,7 @@ class Fingerprinter:
         "_exact_capacity",
         "_exact_hits",
         "_exact_misses",
-        "_last_fp",
-        "_last_sql",
+        "_last_hit",
         "_max_exact_chars",
         "_max_shape_chars",
         "_normalize_ns",
@@ -231,8 +230,8 @@ class Fingerprinter:
         self._recent: dict[str, Fingerprint] = {}
         # the last exact hit: consecutive statements are often the same text (a driver's
         # prepared statement; each consumer of a batch fingerprints every statement)
-        self._last_sql = ""
-        self._last_fp: Fingerprint | None = None
+        # (one slot, read once: the tracing thread fingerprints too)
+        self._last_hit: tuple[str, Fingerprint] | None = None
         self._max_exact_chars = max_exact_chars
         self._max_shape_chars = max_shape_chars
         self._exact_hits = 0
@@ -246,16 +245,15 @@ class Fingerprinter:
 
     def fingerprint(self, sql: str) -> Fingerprint:
         """Fingerprint one statement.  Never raises."""
-        last = self._last_fp
-        if last is not None and sql == self._last_sql:  # the same object, or a memcmp
+        last = self._last_hit
+        if last is not None and sql == last[0]:  # the same object, or a memcmp
             self._exact_hits += 1
-            return last
+            return last[1]
         exact = self._exact
         hit = exact.get(sql)
         if hit is not None:
             self._exact_hits += 1
-            self._last_sql = sql
-            self._last_fp = hit
+            self._last_hit = (sql, hit)
             return hit
         # A traceparent is new on every execution: look the statement up without its
         # sqlcommenter comment, then add that comment's tags (the id ignores comments).
@@ -366,5 +364,4 @@ class Fingerprinter:
         self._shape.clear()
         self._skeleton.clear()
         self._recent.clear()
-        self._last_sql = ""
-        self._last_fp = None
+        self._last_hit = None

@@ -282,6 +282,7 @@ async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         app = App(config, peers=pool)
+        tune_gc()  # before the listeners accept (see tune_gc); the workers do their own
         await app.start()
     except BaseException:
         pool.cleanup()
@@ -298,7 +299,6 @@ async def serve_workers(config: ProxyConfig, source: ConfigSource | None = None)
         pool.begin_stop()
         await asyncio.gather(app.stop(0), pool.wait_stopped(EXIT_GRACE_S))
         raise
-    tune_gc()
     reloader = app.reloader(source, config) if source is not None else None
 
     def hangup() -> None:

@@ -78,12 +78,12 @@ async def _serve(  # noqa: PLR0917 - worker_main's arguments, passed on
     from dbproxy.workers.channel import StatsChannelServer
 
     app = App(config, worker_index=index, serve_http=False)
+    tune_gc()  # before the listeners accept (see tune_gc)
     if unix_socket is not None:  # --listen-unix: accept on worker 0's socket
         app.proxy.listeners.inherit_unix(unix_socket)
     await app.start()
     channel = StatsChannelServer(socket_path, dump=app.local_dump, reset=app.aggregator.reset)
     await channel.start()
-    tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)

@@ -398,6 +398,26 @@ def test_binds_alternating_between_named_statements_and_portals_keep_their_names
     ]
 
 
+def test_a_client_encoding_change_drops_what_was_decoded_the_old_way() -> None:
+    # Names and texts are cached by their raw bytes; after SET client_encoding the same
+    # bytes mean other characters, and the session decodes them again.
+    script: Script = [*login()]
+    t = 100
+    for _ in range(2):
+        script.append(("c", w.bind("é", portal="ü") + w.execute("ü") + w.sync(), t))
+        script.append(("s", w.bind_complete() + w.command_complete("SELECT 0") + w.ready(), t + 5))
+        t += 100
+    script.append(("s", w.parameter_status("client_encoding", "LATIN1"), t))
+    script.append(("c", w.bind("é", portal="ü") + w.execute("ü") + w.sync(), t + 10))
+    script.append(("s", w.bind_complete() + w.command_complete("SELECT 0") + w.ready(), t + 15))
+    stmts = statements(check(script))
+    assert [(s.statement_name, s.portal_name) for s in stmts] == [
+        ("é", "ü"),
+        ("é", "ü"),
+        ("é".encode().decode("latin-1"), "ü".encode().decode("latin-1")),
+    ]
+
+
 def test_pipeline_of_executes_then_one_sync() -> None:
     sql = "INSERT INTO t VALUES ($1)"
     client = w.parse(sql, name="ins")
