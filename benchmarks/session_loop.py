@@ -1,6 +1,7 @@
 """Session-loop micro-benchmark: µs per pgbench transaction spent in the pure observer.
 
     .venv/bin/python -m benchmarks.session_loop [--tx 100000] [--profile]
+    .venv/bin/python -m benchmarks.session_loop --callgrind [--mode extended]
 
 Feeds the bytes of pgbench's select-only transaction (``-M extended``, ``-M prepared``
 and ``-M simple``: one read per direction per transaction, as a busy proxy sees them)
@@ -10,6 +11,14 @@ is the observer's share of the proxy's CPU per transaction; the relay's own cost
 (syscalls, uvloop) is measured end to end by ``benchmarks.perf``.
 
 ``--profile`` prints the top of a cProfile of the extended-protocol loop.
+
+``--callgrind`` counts instead the instructions per transaction of the session machine
+alone (no aggregator): this script runs twice under ``valgrind --tool=callgrind`` (1 and 3
+passes over 2,000 transactions, the sink drained every 2,000 as the drain would, the
+collector tuned as a serving process's, ``app.tune_gc``) and the difference is divided by
+the extra transactions, so start-up is not counted; independent of the machine's load.
+The figure includes this script's interpreted loop (two calls and two clock reads per
+transaction, ≈ 1.9k instructions), which ``proxy/forward.py`` does natively in the proxy.
 """
 
 from __future__ import annotations
@@ -17,16 +26,24 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import re
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from dbproxy.observe.aggregator import Aggregator
 from dbproxy.observe.sink import QueueSink
+from dbproxy.protocol.events import StatementFinished
 from dbproxy.protocol.session import Session
 from dbproxy.sql.cache import Fingerprinter
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+_POOL = 2_000  # transactions per pass (--callgrind)
+_TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
 def msg(t: bytes, payload: bytes) -> bytes:
@@ -145,15 +162,66 @@ def run(mode: str, n: int, wrap: Callable[[Callable[[], None]], None] | None = N
     return elapsed / n * 1e6
 
 
+def session_passes(mode: str, passes: int) -> None:
+    """(--callgrind, internal) ``passes`` times over ``_POOL`` transactions, session only."""
+    from dbproxy.app import tune_gc
+
+    tune_gc()
+    sink = QueueSink(1 << 20)
+    session = Session(session_id=1, emit=sink.put, epoch_offset_ns=0)
+    c0, s0 = startup()
+    session.client_data(c0, 0)
+    session.server_data(s0, 1)
+    txs = transactions(mode, _POOL)
+    now = time.monotonic_ns
+    client_data, server_data = session.client_data, session.server_data
+    for _ in range(passes):
+        for client, server in txs:
+            client_data(client, now())
+            server_data(server, now())
+        if sum(isinstance(e, StatementFinished) for e in sink.drain()) != _POOL:
+            raise SystemExit(f"{mode}: the session did not emit one statement per transaction")
+
+
+def _instructions(mode: str, passes: int, work: Path) -> int:
+    out = work / f"session-{mode}-{passes}.cg"
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         sys.executable, "-m", "benchmarks.session_loop", "--passes", str(passes),
+         "--mode", mode],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    match = _TOTAL.search(out.read_bytes())
+    if match is None:
+        raise SystemExit(f"no totals in {out}")
+    return int(match.group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tx", type=int, default=100_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--mode", choices=("extended", "prepared", "simple"), default="extended")
+    parser.add_argument("--passes", type=int, default=0, help="(internal) run N passes")
+    parser.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     args = parser.parse_args()
+    if args.passes:
+        session_passes(args.mode, args.passes)
+        return
     import dbproxy.protocol.session as session_module
 
     compiled = not session_module.__file__ or session_module.__file__.endswith(".so")
     print(f"session module: {'compiled' if compiled else 'pure Python'}")
+    if args.callgrind:
+        with tempfile.TemporaryDirectory(prefix="dbproxy-session-") as tmp:
+            work = args.keep or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            low = _instructions(args.mode, 1, work)
+            high = _instructions(args.mode, 3, work)
+        per = (high - low) / (2 * _POOL)
+        print(f"session machine, -M {args.mode}: {per:,.0f} instructions per transaction")
+        return
     for mode in ("extended", "prepared", "simple"):
         best = min(run(mode, args.tx) for _ in range(3))
         print(f"-M {mode:9s} {best:6.2f} µs/tx (session + aggregator, best of 3)")
