@@ -206,17 +206,14 @@ class FrameReader:
         pos: i64 = self._pos
         n: i64 = self._n
         if pos >= n:
-            self._data = b""  # do not keep a large read alive
+            self._data = b""  # the read is taken: do not keep it alive
             return -1
         data = self._data
         if self._startup:
             return self._next_startup(data, pos, n)
         # Typed messages: the hot path (compiled, every name below is a native local).
         if n - pos < 5:
-            self._pending = data[pos:]
-            self._pos = n
-            self._data = b""
-            return -1
+            return self._keep_header(data, pos)
         # indexing, not struct: compiled, it is a few native operations
         msg_type: i64 = data[pos]
         # each byte into a machine integer first: shifts and ors of those are plain C
@@ -238,18 +235,13 @@ class FrameReader:
             self._pos = end
             return msg_type
         self._start_partial(data, msg_type, body_len, body_start, keep)
-        self._pos = n
-        self._data = b""
         return -1
 
     def _next_startup(self, data: bytes, pos: int, n: int) -> int:
         """One untyped startup packet from ``pos`` (``_startup`` turns False once a
         StartupMessage went by)."""
         if n - pos < 4:
-            self._pending = data[pos:]
-            self._pos = n
-            self._data = b""
-            return -1
+            return self._keep_header(data, pos)
         (length,) = _UNTYPED_HEADER.unpack_from(data, pos)
         if length < 8 or length - 4 > codes.MAX_STARTUP_PACKET_LENGTH:
             raise self._error(f"invalid length of startup packet: {length}")
@@ -260,8 +252,6 @@ class FrameReader:
         end = body_start + body_len
         if end > n:
             self._start_partial(data, STARTUP, body_len, body_start, keep)
-            self._pos = n
-            self._data = b""
             return -1
         body = data[body_start : body_start + keep]
         self._after_startup_packet(body)
@@ -273,7 +263,7 @@ class FrameReader:
     def _start_partial(
         self, data: bytes, msg_type: int, body_len: int, body_start: int, keep: int
     ) -> None:
-        """The frame's body continues in later reads."""
+        """The frame's body continues in later reads (this one ends here)."""
         avail = len(data) - body_start
         self._type = msg_type
         self._length = body_len
@@ -281,6 +271,17 @@ class FrameReader:
         first = keep if keep < avail else avail
         self._body = bytearray(data[body_start : body_start + first])
         self._cap_left = keep - first
+        self._end_read()
+
+    def _keep_header(self, data: bytes, pos: int) -> int:
+        """An incomplete header ends the read: kept (at most 4 bytes) for the next one."""
+        self._pending = data[pos:]
+        self._end_read()
+        return -1
+
+    def _end_read(self) -> None:
+        self._pos = self._n
+        self._data = b""  # do not keep a large read alive
 
     def _after_startup_packet(self, body: bytes) -> None:
         # SSLRequest / GSSENCRequest are followed by another startup packet; a

@@ -350,7 +350,11 @@ class _PendingQueue:
             self.append(item)
 
     def clear(self) -> None:
-        self._payloads = [None] * (self._mask + 1)
+        """Empty, back at the initial size (a ring grown by a long pipeline is let go)."""
+        self._kinds = [0] * _RING
+        self._payloads = [None] * _RING
+        self._sent = [0] * _RING
+        self._mask = _RING - 1
         self._head = 0
         self._count = 0
 
