@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,11 +19,13 @@ def total_of(dump: bytes) -> int | None:
 
 
 def instructions_of_module(module: str, args: list[str], out: Path) -> int:
-    """Run ``python -m module *args`` under callgrind; everything it executed."""
+    """Run ``python -m module *args`` under callgrind; everything it executed.  String
+    hashing is seeded (``PYTHONHASHSEED=0``): dict probe sequences otherwise change from
+    run to run, and the count with them (±2 %)."""
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
          sys.executable, "-m", module, *args],
-        check=True, capture_output=True,
+        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     total = total_of(out.read_bytes())
     if total is None:

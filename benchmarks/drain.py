@@ -18,14 +18,12 @@ figure does not depend on the load of the machine.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.callgrind import instructions_of_module
 from benchmarks.session_loop import startup, transactions
 from dbproxy.app import DISPATCH_SLICE
 from dbproxy.observe.aggregator import Aggregator, StatementNote
@@ -38,7 +36,6 @@ from dbproxy.sql.cache import Fingerprinter
 
 SESSIONS = 16
 POOL = 2_048
-_TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 NoteConsumer = Callable[[list[Event], "dict[int, StatementNote] | None"], None]
 
@@ -119,17 +116,11 @@ def run(passes: int, only: str, pool: list[Event] | None = None, mode: str = "ex
 
 
 def _instructions(passes: int, only: str, mode: str, work: Path) -> int:
-    out = work / f"drain-{mode}-{only}-{passes}.cg"
-    subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         sys.executable, "-m", "benchmarks.drain", "--passes", str(passes), "--only", only,
-         "--mode", mode],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    match = _TOTAL.search(out.read_bytes())
-    if match is None:
-        raise SystemExit(f"no totals in {out}")
-    return int(match.group(1))
+    return instructions_of_module(
+        "benchmarks.drain",
+        ["--passes", str(passes), "--only", only, "--mode", mode],
+        work / f"drain-{mode}-{only}-{passes}.cg",
+    )
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,11 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.callgrind import total_of
 from benchmarks.perf import ROOT, clean_env
 from benchmarks.tracing_e2e import port_free, wait_listening
 
 BENCH = ROOT.parent / "shared" / "bench"
-_TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
 def _pgbench(port: int, mode: str, tx: int) -> None:
@@ -49,9 +48,9 @@ def _dump_total(pid: int, out: Path) -> int:
     while time.monotonic() < deadline:
         fresh = set(out.parent.glob(out.name + "*")) - before
         for path in fresh:
-            match = _TOTAL.search(path.read_bytes())
-            if match:
-                return int(match.group(1))
+            total = total_of(path.read_bytes())
+            if total is not None:
+                return total
         time.sleep(0.5)
     raise SystemExit("callgrind did not write a dump")
 

@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import re
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.callgrind import instructions_of_module
 from dbproxy.observe.aggregator import Aggregator
 from dbproxy.observe.sink import QueueSink
 from dbproxy.protocol.events import StatementFinished
@@ -43,7 +41,6 @@ from dbproxy.sql.cache import Fingerprinter
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
 _POOL = 2_000  # transactions per pass (--callgrind)
-_TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
 def msg(t: bytes, payload: bytes) -> bytes:
@@ -184,17 +181,11 @@ def session_passes(mode: str, passes: int) -> None:
 
 
 def _instructions(mode: str, passes: int, work: Path) -> int:
-    out = work / f"session-{mode}-{passes}.cg"
-    subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         sys.executable, "-m", "benchmarks.session_loop", "--passes", str(passes),
-         "--mode", mode],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    match = _TOTAL.search(out.read_bytes())
-    if match is None:
-        raise SystemExit(f"no totals in {out}")
-    return int(match.group(1))
+    return instructions_of_module(
+        "benchmarks.session_loop",
+        ["--passes", str(passes), "--mode", mode],
+        work / f"session-{mode}-{passes}.cg",
+    )
 
 
 def main() -> None:
