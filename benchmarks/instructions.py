@@ -67,11 +67,13 @@ def measure(target: str, pg_port: int, mode: str, tx: int, work: Path) -> float:
                f"127.0.0.1:{pg_port}", "--http-listen", f"127.0.0.1:{port + 100}"]  # fmt: skip
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        env={**clean_env(), "PYTHONHASHSEED": "0"},  # string hashing seeded: see callgrind.py
     )  # fmt: skip
     try:
         wait_listening(port, proc, 600)
         _pgbench(port, mode, 300)
+        time.sleep(2)  # the drain (every 0.1 s) analyzes the warm-up's statements first
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         _pgbench(port, mode, tx)
         total = _dump_total(proc.pid, out)
