@@ -5,7 +5,8 @@ drift with the load of a shared machine (valgrind counts instructions, not secon
     .venv/bin/python -m benchmarks.instructions --targets dbproxy --modes simple -t 3000
 
 Each target (``relay``: ``shared/bench/relay.py``; ``dbproxy``: ``dbproxy run`` in its
-default configuration) runs under ``valgrind --tool=callgrind`` in front of a throwaway
+default configuration with tracing configured, as ``benchmarks.perf`` runs it;
+``dbproxy_bare``: without tracing) runs under ``valgrind --tool=callgrind`` in front of a throwaway
 PostgreSQL 15 (``shared/bench/pgenv.sh``).  pgbench warms it up (``-c 1 -t 300``), the
 counters are zeroed (``callgrind_control -z``), ``pgbench -b select-only -M MODE -c 1 -t N``
 runs, and the counters are dumped: everything the proxy process executed (event loop,
@@ -65,6 +66,10 @@ def measure(target: str, pg_port: int, mode: str, tx: int, work: Path) -> float:
         dbproxy = str(Path(sys.executable).with_name("dbproxy"))
         cmd = [dbproxy, "run", "--listen", f"127.0.0.1:{port}", "--upstream",
                f"127.0.0.1:{pg_port}", "--http-listen", f"127.0.0.1:{port + 100}"]  # fmt: skip
+        if target == "dbproxy":
+            # benchmarks.perf's default configuration: tracing configured (nothing is
+            # sampled, so nothing is sent: no receiver needed), untraced statements unsampled
+            cmd += ["--otlp-endpoint", f"http://127.0.0.1:{port + 200}/v1/traces"]
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,

@@ -432,7 +432,13 @@ class App:
         async with self._drain_lock:
             events = self.sink.drain()
             if events:
-                notes = await asyncio.to_thread(self._trace, events) if self.tracing else None
+                notes = None
+                if self.tracing is not None:
+                    # what may get a span, picked on the loop (cheap): usually nothing, and
+                    # then no thread is woken (see observe/span_filter.py)
+                    picked = self._trace_candidates(events)
+                    if picked:
+                        notes = await asyncio.to_thread(self._trace, events, picked)
                 # in slices, yielding to the loop between them: a 100 ms batch at 30k
                 # statements/s is ~10 ms of consumer work, which must not stall relaying
                 for start in range(0, len(events), DISPATCH_SLICE):
@@ -443,11 +449,19 @@ class App:
                     self._dispatch(part, _slice_notes(notes, start, end))
             return len(events)
 
-    def _trace(self, events: list[Event]) -> dict[int, StatementNote] | None:
+    def _trace_candidates(self, events: list[Event]) -> list[int]:
+        assert self.tracing is not None
+        try:
+            return self.tracing.candidates(events)
+        except Exception:
+            self._consumer_failed("tracing", len(events))
+            return []
+
+    def _trace(self, events: list[Event], picked: list[int]) -> dict[int, StatementNote] | None:
         if self.tracing is None:
             return None
         try:  # first: its notes carry span ids (exemplars) and fingerprints
-            return self.tracing.consume(events)
+            return self.tracing.consume(events, picked)
         except Exception:
             self._consumer_failed("tracing", len(events))
             return None

@@ -59,6 +59,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.observe.nplusone",
     "dbproxy.observe.detector",
     "dbproxy.observe.regression",
+    "dbproxy.observe.span_filter",
     "dbproxy.export.otlp",
     "dbproxy.proxy.forward",
 )

@@ -71,6 +71,7 @@ from dbproxy.errors import ConfigError
 from dbproxy.export.otlp import OtlpHttpSpanExporter
 from dbproxy.export.prometheus import sqlstate_label
 from dbproxy.observe.aggregator import StatementNote
+from dbproxy.observe.span_filter import NEVER_SLOW, span_candidates
 from dbproxy.protocol.events import (
     Event,
     SessionClosed,
@@ -419,11 +420,15 @@ class SpanBuilder:
         #: anything (set by the composition root when the activity sampler runs)
         self.blocked_by: Callable[[int, int, int], str | None] | None = None
 
-    def consume(self, events: Sequence[Event]) -> dict[int, StatementNote]:
-        """Build the spans of a batch; returns notes keyed by index in ``events``."""
+    def consume(
+        self, events: Sequence[Event], only: Sequence[int] | None = None
+    ) -> dict[int, StatementNote]:
+        """Build the spans of a batch; returns notes keyed by index in ``events``.
+        ``only``: the indices to look at (:meth:`candidates`), default all."""
         notes: dict[int, StatementNote] = {}
         finished, failed = StatementFinished, StatementFailed
-        for i, ev in enumerate(events):
+        for i in range(len(events)) if only is None else only:
+            ev = events[i]
             cls = type(ev)
             if cls is finished or cls is failed:
                 note = self._statement(cast(StatementEvent, ev))
@@ -439,6 +444,12 @@ class SpanBuilder:
             elif cls is SessionClosed:
                 self._clients.pop(cast(SessionClosed, ev).session_id, None)
         return notes
+
+    def candidates(self, events: list[Event]) -> list[int]:
+        """The indices of ``events`` that :meth:`consume` can act on (a superset; see
+        :mod:`dbproxy.observe.span_filter`): cheap, so it runs on the event loop."""
+        slow = self._slow_ns
+        return span_candidates(events, self._bound > 0, NEVER_SLOW if slow is None else slow)
 
     def _statement(self, st: StatementEvent) -> StatementNote | None:
         text = st.text
@@ -615,8 +626,13 @@ class Tracing:
     #: where spans go, for the start-up log ("http/protobuf http://…/v1/traces")
     destination: str
 
-    def consume(self, events: Sequence[Event]) -> dict[int, StatementNote]:
-        return self.builder.consume(events)
+    def consume(
+        self, events: Sequence[Event], only: Sequence[int] | None = None
+    ) -> dict[int, StatementNote]:
+        return self.builder.consume(events, only)
+
+    def candidates(self, events: list[Event]) -> list[int]:
+        return self.builder.candidates(events)
 
     def force_flush(self, timeout_ms: int = 5_000) -> bool:
         return self.provider.force_flush(timeout_ms)

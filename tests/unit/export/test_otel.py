@@ -102,7 +102,8 @@ class Traced:
     def spans(self) -> list[ReadableSpan]:
         events = list(self.events)
         self.events.clear()
-        self.notes = self.tracing.consume(events)
+        # as the App drains: only what the cheap filter picks reaches the builder
+        self.notes = self.tracing.consume(events, self.tracing.candidates(events))
         self.batch = events
         assert self.tracing.force_flush()
         spans = list(self.exporter.get_finished_spans())
@@ -416,3 +417,49 @@ def test_spans_are_built_as_the_sdk_would_build_them() -> None:
     assert child.parent is not None and child.context.trace_id == int(TRACE_ID, 16)
     assert child.context.span_id != int(PARENT_ID, 16)
     t.tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"slow_ms": 50}, {"untraced_ratio": 1.0}, {"untraced_ratio": 0.5, "slow_ms": 0}],
+    ids=["default", "slow", "all", "ratio-and-slow-0"],
+)
+def test_the_candidate_filter_drops_only_what_would_get_no_span_or_note(
+    settings: dict[str, object],
+) -> None:
+    # every kind of statement the builder treats differently, through the real session
+    t = Traced(**settings)
+    try:
+        conn = t.conn()
+        conn.query(statement("SELECT 1"), took_ns=MS)  # sampled parent
+        conn.query(f"SELECT 2 /*traceparent='{UNSAMPLED}'*/", took_ns=MS)  # note, no span
+        conn.query("SELECT 3", took_ns=100 * MS)  # slow, no context
+        conn.query("SELECT 4", took_ns=MS)  # nothing
+        conn.query("INSERT INTO t VALUES (1)", error="23505", took_ns=MS)
+        conn.extended(statement("SELECT 5"))
+        conn.execute_named("")  # the Parse text's comment is not this batch's
+        t.conn(session_id=2, peer="10.0.0.9:4000").query(statement("SELECT 6"))
+        events = list(t.events)
+        picked = t.tracing.candidates(events)
+        statements = [i for i, ev in enumerate(events) if "Statement" in type(ev).__name__]
+        if settings.get("untraced_ratio"):
+            assert set(statements) <= set(picked)
+        else:  # the plain statements are not looked at
+            assert statements[3] not in picked
+        every = t.tracing.consume(events)
+        assert t.tracing.force_flush()
+        spans_every = sorted(s.name for s in t.exporter.get_finished_spans())
+        t.exporter.clear()
+        only = t.tracing.consume(events, picked)
+        assert t.tracing.force_flush()
+        spans_only = sorted(s.name for s in t.exporter.get_finished_spans())
+        assert sorted(every) == sorted(only)
+        assert [n.fingerprint for _, n in sorted(every.items())] == [
+            n.fingerprint for _, n in sorted(only.items())
+        ]
+        assert spans_every == spans_only and len(spans_every) >= 2
+        # the second session's client address was learned from its SessionOpened
+        attrs = [dict(s.attributes or {}) for s in t.exporter.get_finished_spans()]
+        assert any(a.get("client.address") == "10.0.0.9" for a in attrs)
+    finally:
+        t.tracing.shutdown()
