@@ -39,6 +39,7 @@ from types import ModuleType
 COMPILED_MODULES: tuple[str, ...] = (
     "dbproxy.protocol.codes",
     "dbproxy.protocol.events",
+    "dbproxy.protocol.emit",
     "dbproxy.protocol.framing",
     "dbproxy.protocol.messages",
     "dbproxy.protocol.session",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from dbproxy.protocol.emit import Emitter
 from dbproxy.protocol.events import Event
 
 #: Default number of events buffered between two drains.
@@ -19,8 +20,9 @@ class EventSink(Protocol):
     def put(self, event: Event) -> None: ...
 
 
-class QueueSink:
-    """A bounded FIFO of events with accepted/dropped counters; not thread-safe."""
+class QueueSink(Emitter):
+    """A bounded FIFO of events with accepted/dropped counters; not thread-safe.  An
+    :class:`Emitter`: sessions put their events here by a native call when compiled."""
 
     __slots__ = ("_items", "accepted", "capacity", "dropped")
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 from dbproxy.errors import FrontendProtocolError
 from dbproxy.protocol import codes, messages
 from dbproxy.protocol.boundary import BoundaryFinder
+from dbproxy.protocol.emit import Emitter
 from dbproxy.protocol.session import Session
 from dbproxy.protocol.startup import RequestKind, read_startup_request, replication_mode
 from dbproxy.proxy import limits, tls
@@ -75,7 +76,8 @@ class ClientConnection(asyncio.Protocol):
         self._client_eof = False  # the client half-closed; the server's close is expected
         self.session = Session(
             session_id=session_id,
-            emit=server.sink.put,
+            # a native call into the proxy's QueueSink; any other sink through its put
+            emit=server.sink if isinstance(server.sink, Emitter) else server.sink.put,
             epoch_offset_ns=time.time_ns() - _monotonic_ns(),
             text_limit=server.config.max_statement_bytes,
             # the opt-in sampler re-runs statements with their values (memory only)
