@@ -430,7 +430,8 @@ class Session:
         self._encoding = "utf-8"
 
         # protocol state mirrored from the server
-        self._prepared: dict[str, _Prepared] = {}
+        self._prepared: dict[str, _Prepared] = {}  # named statements
+        self._unnamed_statement: _Prepared | None = None  # (most drivers' only one)
         # (objects, not tuples: compiled, a tuple read into a variable is unboxed, and
         # boxed into a new tuple when stored again)
         self._parse_cache: dict[bytes, _Prepared] = {}
@@ -636,7 +637,9 @@ class Session:
                 if 0 < end <= _MAX_BIND_HEAD:
                     self._bind_head = body[:end]
                     self._bind_portal, self._bind_statement = portal_name, statement_name
-            prepared = self._prepared.get(statement_name)
+            prepared = (
+                self._prepared.get(statement_name) if statement_name else self._unnamed_statement
+            )
             run = _Run(
                 "extended",
                 prepared.text if prepared else "",
@@ -683,7 +686,9 @@ class Session:
             parse = prepared.parse
             prepared.parsed_ns = now
             prepared.fresh_batch = _UNDECIDED
-            if self._prepared.get(parse.name) is not prepared:  # a get is cheaper than a set
+            if not parse.name:
+                self._unnamed_statement = prepared
+            elif self._prepared.get(parse.name) is not prepared:  # a get is cheaper than a set
                 self._prepared[parse.name] = prepared
             self._start_group(now)
             self._pending.push(_PARSE, parse, now)
@@ -706,7 +711,7 @@ class Session:
             kind, name = messages.decode_target(body, enc)
             target = None
             if kind == ord("S"):
-                self._prepared.pop(name, None)
+                self._forget_statement(name)
             elif kind == ord("P"):
                 if name:
                     target = self._portals.pop(name, None)
@@ -722,6 +727,12 @@ class Session:
         elif msg_type == codes.TERMINATE:
             self.terminated = True  # the server closing next is no fault
         # Flush, CopyData/Done/Fail and password messages need no state.
+
+    def _forget_statement(self, name: str) -> None:
+        if name:
+            self._prepared.pop(name, None)
+        else:
+            self._unnamed_statement = None
 
     def _start_group(self, now: int) -> None:
         if not self._group_start_ns:
@@ -974,7 +985,7 @@ class Session:
             if chain is not None and chain.group(1) is None:
                 self._open_transaction(now)  # … AND CHAIN starts the next one at once
         elif command in _FORGET_PREPARED:
-            self._prepared = {k: v for k, v in self._prepared.items() if not k}
+            self._prepared = {}  # the unnamed statement stays
 
     def _fail(self, run: _Run, error: ServerError, phase: str, sent_ns: int, now: int) -> None:
         if not run.start_ns:
@@ -1038,7 +1049,7 @@ class Session:
             self._copy_in = False
             if head.kind == _PARSE and isinstance(head.payload, messages.ParseMessage):
                 # the statement was not created; a later Bind to it fails on its own
-                self._prepared.pop(head.payload.name, None)
+                self._forget_statement(head.payload.name)
             while len(pending) and pending.first_kind() != _SYNC:
                 item = pending.popleft()
                 if item.kind == _EXECUTE:
