@@ -75,6 +75,8 @@ class _Gen:
 Template = Callable[[_Gen], str]
 
 # (name, class, operation, kind, template)
+# one template per entry, its SQL laid out as it reads: not reformatted
+# fmt: off
 _TEMPLATES: list[tuple[str, str, str, str, Template]] = [
     # --- point lookups ---------------------------------------------------------------
     ("user_by_id", "point", "SELECT", "read",
@@ -262,6 +264,7 @@ _TEMPLATES: list[tuple[str, str, str, str, Template]] = [
      lambda g: f"COPY (SELECT id, email FROM users WHERE tenant_id = {g.i()}) TO STDOUT"),
     ("vacuum", "ddl", "VACUUM", "other", lambda g: "VACUUM (ANALYZE) orders"),
 ]
+# fmt: on
 
 CLASSES: tuple[str, ...] = tuple(dict.fromkeys(cls for _, cls, _, _, _ in _TEMPLATES))
 
