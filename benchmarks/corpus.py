@@ -280,10 +280,7 @@ def _decorate(rng: random.Random, sql: str) -> str:
     if roll < 0.2:
         trace = f"{rng.getrandbits(128):032x}"
         span = f"{rng.getrandbits(64):016x}"
-        sql += (
-            f" /*controller='orders',action='show',"
-            f"traceparent='00-{trace}-{span}-01'*/"
-        )
+        sql += f" /*controller='orders',action='show',traceparent='00-{trace}-{span}-01'*/"
     elif roll < 0.25:
         sql = "/*application='shop',controller='users',action='index'*/ " + sql
     elif roll < 0.3:
