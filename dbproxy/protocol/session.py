@@ -580,6 +580,10 @@ class Session:
             # portals left suspended die with the connection: report what they sent
             for run in list(self._suspended):
                 self._finish_suspended(run)
+            if self._explicit:
+                # the server rolls back the block its client left open (pg_stat_database
+                # counts it in xact_rollback too)
+                self._close_transaction(False, now_ns)
             self._flush_batch()
         self._pending.clear()
         self._sink.put(

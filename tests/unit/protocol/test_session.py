@@ -233,6 +233,26 @@ def test_failed_transaction_commit_is_reported_as_rollback() -> None:
     assert len(finished) == 1 and finished[0].committed is False
 
 
+def test_a_transaction_left_open_at_disconnect_is_reported_rolled_back() -> None:
+    script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        ("c", w.query("UPDATE accounts SET balance = 0"), 30),
+        ("s", w.command_complete("UPDATE 3") + w.ready("T"), 40),
+    ]
+    events = check(script)  # closed at 41
+    assert [type(e).__name__ for e in events[-3:]] == [
+        "StatementFinished",
+        "TransactionFinished",
+        "SessionClosed",
+    ]
+    finished = events[-2]
+    assert isinstance(finished, TransactionFinished)
+    assert (finished.committed, finished.statements) == (False, 2)
+    assert (finished.start_ns, finished.end_ns) == (10, 41)
+
+
 def test_fetch_from_sql_cursor_counts_datarows() -> None:
     script = [
         *login(),
