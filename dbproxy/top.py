@@ -690,7 +690,10 @@ def _signals(wake_fd: int) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.write(wake_fd, b"w")
 
-    wanted: dict[int, Any] = {signal.SIGTERM: leave}
+    # SIGINT too: a process started with it ignored (a background job of a script, nohup)
+    # keeps it ignored, and Ctrl-C, the terminal's way out of a full-screen program, would
+    # do nothing (KeyboardInterrupt then ends the loop as usual)
+    wanted: dict[int, Any] = {signal.SIGTERM: leave, signal.SIGINT: signal.default_int_handler}
     for name, wanted_handler in (("SIGHUP", leave), ("SIGWINCH", resized)):
         if hasattr(signal, name):
             wanted[getattr(signal, name)] = wanted_handler

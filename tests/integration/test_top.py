@@ -146,11 +146,15 @@ def test_not_a_dbproxy_api_is_one_line_and_exit_2(loaded: tuple[RunningProxy, st
 class Terminal:
     """``top`` (then ``stty -a``) in a 120x40 pty; collects everything it writes."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], *, sigint_ignored: bool = False
+    ) -> None:
         self.lines = LINES
         pid, fd = pty.fork()
         if pid == 0:  # child: size the terminal, then run top and report the terminal after
             try:
+                if sigint_ignored:  # as a background job of a script starts it (nohup too)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLS, 0, 0))
                 # the shell outlives a Ctrl-C (a trap, not an ignore: top still gets SIGINT)
                 script = 'trap : INT; "$@"; rc=$?; printf "\\n@@STTY@@"; stty -a; exit $rc'
@@ -309,10 +313,14 @@ def test_live_view_keys_and_terminal_restored(loaded: tuple[RunningProxy, str]) 
         assert not any(30 <= c <= 49 or 90 <= c <= 107 for c in codes), params
 
 
-def test_ctrl_c_restores_the_terminal(loaded: tuple[RunningProxy, str]) -> None:
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_restores_the_terminal(
+    loaded: tuple[RunningProxy, str], sigint_ignored: bool
+) -> None:
     proxy, _ = loaded
     env = {**os.environ, "TERM": "xterm", "LANG": "C.UTF-8"}
-    term = Terminal([sys.executable, "-m", "dbproxy", "top", "--url", proxy.http_url], env)
+    argv = [sys.executable, "-m", "dbproxy", "top", "--url", proxy.http_url]
+    term = Terminal(argv, env, sigint_ignored=sigint_ignored)
     try:
         term.wait_frame(lambda f: f[0].startswith("dbproxy top"), timeout=10)
         term.send(b"\x03")  # Ctrl-C: the terminal's intr character, SIGINT to the foreground
