@@ -46,7 +46,7 @@ def events(n: int = POOL, sessions: int = SESSIONS, mode: str = "extended") -> l
     machines = []
     clock = 1_000_000
     for sid in range(sessions):
-        session = Session(session_id=sid + 1, emit=sink.put, epoch_offset_ns=0)
+        session = Session(session_id=sid + 1, emit=sink, epoch_offset_ns=0)
         c0, s0 = startup()
         session.client_data(c0, clock)
         session.server_data(s0, clock + 1_000)

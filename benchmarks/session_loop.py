@@ -130,7 +130,7 @@ def run(mode: str, n: int, wrap: Callable[[Callable[[], None]], None] | None = N
     """µs per transaction for session + drain to the aggregator."""
     sink = QueueSink(1 << 20)
     aggregator = Aggregator(fingerprinter=Fingerprinter(), max_fingerprints=10_000)
-    session = Session(session_id=1, emit=sink.put, epoch_offset_ns=0)
+    session = Session(session_id=1, emit=sink, epoch_offset_ns=0)
     c0, s0 = startup()
     session.client_data(c0, 0)
     session.server_data(s0, 1)
@@ -165,7 +165,7 @@ def session_passes(mode: str, passes: int) -> None:
 
     tune_gc()
     sink = QueueSink(1 << 20)
-    session = Session(session_id=1, emit=sink.put, epoch_offset_ns=0)
+    session = Session(session_id=1, emit=sink, epoch_offset_ns=0)
     c0, s0 = startup()
     session.client_data(c0, 0)
     session.server_data(s0, 1)

@@ -3,8 +3,8 @@
 The proxy forwards bytes first and then calls :meth:`Session.client_data` /
 :meth:`Session.server_data` with the same bytes and the monotonic time they were
 seen.  The session frames them, keeps the protocol state a server keeps (prepared
-statements, portals, pending requests, transaction status) and emits events through
-the ``emit`` callback it was given.
+statements, portals, pending requests, transaction status) and emits events into the
+``emit`` it was given (an :class:`~dbproxy.protocol.emit.Emitter`, or a callable).
 
 How statements are paired with answers
     Every client request that the server answers is queued (Parse, Bind, Describe,
@@ -89,6 +89,11 @@ _COMMITTED: Final = frozenset({"COMMIT", "PREPARE TRANSACTION"})
 # ROLLBACK TO SAVEPOINT answers with the tag "ROLLBACK" but keeps the block open.
 _SAVEPOINT_ROLLBACK: Final = re.compile(
     r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*(?:ROLLBACK|ABORT)\s+(?:(?:WORK|TRANSACTION)\s+)?TO\b",
+    re.IGNORECASE | re.DOTALL,
+)
+# Statements that may end the block with its changes kept (checked at disconnect).
+_ENDS_BLOCK: Final = re.compile(
+    r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*(?:COMMIT|END|PREPARE\s+TRANSACTION)\b",
     re.IGNORECASE | re.DOTALL,
 )
 # COMMIT/ROLLBACK … AND CHAIN starts a new block at once (AND NO CHAIN does not).
@@ -580,9 +585,10 @@ class Session:
             # portals left suspended die with the connection: report what they sent
             for run in list(self._suspended):
                 self._finish_suspended(run)
-            if self._explicit:
+            if self._explicit and not self._may_end_block_in_flight():
                 # the server rolls back the block its client left open (pg_stat_database
-                # counts it in xact_rollback too)
+                # counts it in xact_rollback too); with a COMMIT in flight the outcome is
+                # unknown (the server may have committed): no event
                 self._close_transaction(False, now_ns)
             self._flush_batch()
         self._pending.clear()
@@ -594,6 +600,23 @@ class Session:
                 observation_lost=bool(self.lost_reason),
             )
         )
+
+    def _may_end_block_in_flight(self) -> bool:
+        """A statement sent but not answered may be a COMMIT, END or PREPARE TRANSACTION
+        (or is unknown): the server may complete it after the client has gone."""
+        for item in self._pending.items():
+            if item.kind == _EXECUTE:
+                run = item.payload
+                texts = [run.text] if isinstance(run, _Run) else [""]
+            elif item.kind == _QUERY:
+                query = item.payload
+                assert isinstance(query, _Query)
+                texts = query.statements[query.index :] if query.statements else [query.text]
+            else:
+                continue
+            if any(not text or _ENDS_BLOCK.match(text) for text in texts):
+                return True
+        return False
 
     def lose(self, reason: str) -> None:
         """Stop observing this session (bytes keep flowing)."""

@@ -253,6 +253,38 @@ def test_a_transaction_left_open_at_disconnect_is_reported_rolled_back() -> None
     assert (finished.start_ns, finished.end_ns) == (10, 41)
 
 
+@pytest.mark.parametrize(
+    "in_flight",
+    ["COMMIT", "/* app */ end", "PREPARE TRANSACTION 'tx1'", "UPDATE t SET a = 2; COMMIT"],
+)
+def test_no_rollback_is_reported_when_a_commit_was_in_flight_at_disconnect(
+    in_flight: str,
+) -> None:
+    # the server may complete the COMMIT after the client has gone: outcome unknown
+    script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        ("c", w.query(in_flight), 30),
+    ]
+    events = play(script)
+    assert not [e for e in events if isinstance(e, TransactionFinished)]
+    closed = events[-1]
+    assert isinstance(closed, SessionClosed) and closed.interrupted == 1
+
+
+def test_a_statement_in_flight_at_disconnect_is_still_rolled_back() -> None:
+    script = [
+        *login(),
+        ("c", w.query("BEGIN"), 10),
+        ("s", w.command_complete("BEGIN") + w.ready("T"), 20),
+        ("c", w.parse("UPDATE t SET a = $1") + w.bind() + w.execute() + w.sync(), 30),
+    ]
+    events = play(script)
+    (finished,) = [e for e in events if isinstance(e, TransactionFinished)]
+    assert finished.committed is False and finished.end_ns == 31
+
+
 def test_fetch_from_sql_cursor_counts_datarows() -> None:
     script = [
         *login(),
