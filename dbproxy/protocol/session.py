@@ -723,9 +723,12 @@ class Session:
             self._start_group(now)
             self._pending.push(_DESCRIBE, None, now)
         elif msg_type == codes.QUERY:
+            # a simple Query destroys the unnamed portal and the unnamed statement
             unnamed = self._unnamed
             if unnamed is not None and self._suspended:
-                self._finish_suspended(unnamed)  # a simple Query drops the unnamed portal
+                self._finish_suspended(unnamed)
+            self._unnamed = None
+            self._unnamed_statement = None
             query = _Query(messages.decode_query(body, enc))
             self._pending.push(_QUERY, query, now)
             if self._track_starts:

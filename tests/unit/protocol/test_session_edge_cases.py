@@ -325,3 +325,30 @@ def test_text_in_batch_for_flush_prepared_statements_depends_on_the_first_bind()
         ("SELECT later", False),
         ("SELECT later", False),
     ]
+
+
+# --- a simple Query destroys the unnamed statement and the unnamed portal -----------------
+def test_a_simple_query_drops_the_unnamed_statement_and_portal() -> None:
+    # protocol docs (Extended Query): "a simple Query message also destroys the unnamed
+    # statement" (and the unnamed portal).  A Bind or Execute of "" after it fails on the
+    # server; the session must not report it with the old statement's text (or, for the
+    # Execute, as the old, already reported run a second time).
+    script: Script = [
+        *login(),
+        ("c", w.parse("SELECT secret FROM t") + w.bind() + w.execute() + w.sync(), 10),
+        ("s", w.parse_complete() + w.bind_complete() + w.command_complete("SELECT 0"), 20),
+        ("s", w.ready(), 21),
+        ("c", w.query("SELECT 1"), 30),
+        ("s", w.data_row(b"1") + w.command_complete("SELECT 1") + w.ready(), 40),
+        ("c", w.bind() + w.execute() + w.sync(), 50),
+        ("s", w.error("26000", "unnamed prepared statement does not exist") + w.ready(), 60),
+        ("c", w.execute() + w.sync(), 70),
+        ("s", w.error("34000", 'portal "" does not exist') + w.ready(), 80),
+    ]
+    events = play(script)
+    assert summary(events) == [
+        ("ok", "SELECT secret FROM t", "SELECT", 0, False),
+        ("ok", "SELECT 1", "SELECT", 1, False),
+        ("failed", "", "26000", "bind", False),
+        ("failed", "", "34000", "execute", False),
+    ]
