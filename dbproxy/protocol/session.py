@@ -166,6 +166,27 @@ class _Prepared:
         self.fresh_batch = _UNDECIDED
 
 
+class _Reparse:
+    """A pending Parse of a name that already had a statement: the server rejects it
+    (42P05) unless the client deallocated the old one in SQL, so the old one is kept to be
+    put back if the Parse fails."""
+
+    __slots__ = ("parse", "replaced")
+
+    def __init__(self, parse: messages.ParseMessage, replaced: _Prepared) -> None:
+        self.parse = parse
+        self.replaced = replaced
+
+
+def _parse_of(payload: object) -> messages.ParseMessage | None:
+    """The ParseMessage of a pending Parse's payload."""
+    if isinstance(payload, messages.ParseMessage):
+        return payload
+    if isinstance(payload, _Reparse):
+        return payload.parse
+    return None
+
+
 class _Tag:
     """A CommandComplete tag, decoded: the command and the row count it names."""
 
@@ -713,12 +734,17 @@ class Session:
             parse = prepared.parse
             prepared.parsed_ns = now
             prepared.fresh_batch = _UNDECIDED
+            payload: object = parse
             if not parse.name:
                 self._unnamed_statement = prepared
-            elif self._prepared.get(parse.name) is not prepared:  # a get is cheaper than a set
-                self._prepared[parse.name] = prepared
+            else:
+                old = self._prepared.get(parse.name)
+                if old is not None:
+                    payload = _Reparse(parse, old)  # put back if this Parse fails
+                if old is not prepared:
+                    self._prepared[parse.name] = prepared
             self._start_group(now)
-            self._pending.push(_PARSE, parse, now)
+            self._pending.push(_PARSE, payload, now)
         elif msg_type == codes.DESCRIBE:
             self._start_group(now)
             self._pending.push(_DESCRIBE, None, now)
@@ -757,6 +783,26 @@ class Session:
         elif msg_type == codes.TERMINATE:
             self.terminated = True  # the server closing next is no fault
         # Flush, CopyData/Done/Fail and password messages need no state.
+
+    def _undo_parse(self, payload: object) -> None:
+        """The server did not create the statement of this pending Parse (it failed, or
+        was skipped after an earlier error): put back the statement it replaced, else
+        forget it — if it is still the registered one."""
+        parse = _parse_of(payload)
+        if parse is None:
+            return
+        if not parse.name:
+            current = self._unnamed_statement
+            if current is not None and current.parse is parse:
+                self._unnamed_statement = None
+            return
+        current = self._prepared.get(parse.name)
+        if current is None or current.parse is not parse:
+            return  # replaced again since (a later Parse, a Close)
+        if isinstance(payload, _Reparse):
+            self._prepared[parse.name] = payload.replaced
+        else:
+            del self._prepared[parse.name]
 
     def _forget_statement(self, name: str) -> None:
         if name:
@@ -1077,12 +1123,13 @@ class Session:
             sent = head.sent_ns
             skipped = 0
             self._copy_in = False
-            if head.kind == _PARSE and isinstance(head.payload, messages.ParseMessage):
-                # the statement was not created; a later Bind to it fails on its own
-                self._forget_statement(head.payload.name)
             while len(pending) and pending.first_kind() != _SYNC:
                 item = pending.popleft()
-                if item.kind == _EXECUTE:
+                if item.kind == _PARSE:
+                    # failed or skipped: the statement was not created (a later Bind to
+                    # it fails on its own)
+                    self._undo_parse(item.payload)
+                elif item.kind == _EXECUTE:
                     if failed is None:
                         assert isinstance(item.payload, _Run)
                         failed = item.payload
@@ -1094,8 +1141,9 @@ class Session:
             phase = "execute" if head.kind == _EXECUTE else _PHASES.get(head.kind, "execute")
             if failed is None:
                 payload = head.payload
-                if isinstance(payload, messages.ParseMessage):
-                    failed = _Run("extended", payload.query, statement_name=payload.name)
+                parse = _parse_of(payload)
+                if parse is not None:
+                    failed = _Run("extended", parse.query, statement_name=parse.name)
                     failed.text_in_batch = True
                 elif isinstance(payload, _Run):
                     failed = payload

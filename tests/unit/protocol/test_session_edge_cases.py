@@ -352,3 +352,40 @@ def test_a_simple_query_drops_the_unnamed_statement_and_portal() -> None:
         ("failed", "", "26000", "bind", False),
         ("failed", "", "34000", "execute", False),
     ]
+
+
+# --- a named Parse the server rejects or skips does not change the named statements ------
+def test_a_rejected_named_parse_keeps_the_statement_the_server_still_has() -> None:
+    # Parse of a name in use fails with 42P05 (duplicate_prepared_statement) and the old
+    # statement stays; a Parse skipped after an earlier error in its batch creates nothing.
+    ok = w.parse_complete() + w.bind_complete() + w.data_row(b"1") + w.command_complete("SELECT 1")
+    script: Script = [
+        *login(),
+        ("c", w.parse("SELECT a FROM t", "s1") + w.bind("s1") + w.execute() + w.sync(), 10),
+        ("s", ok + w.ready(), 20),
+        # a different text under the same name: rejected, s1 keeps its text
+        ("c", w.parse("SELECT b FROM t", "s1") + w.sync(), 30),
+        ("s", w.error("42P05", 'prepared statement "s1" already exists') + w.ready(), 40),
+        # the same text again: rejected too, s1 still known
+        ("c", w.parse("SELECT a FROM t", "s1") + w.sync(), 50),
+        ("s", w.error("42P05", 'prepared statement "s1" already exists') + w.ready(), 60),
+        ("c", w.bind("s1") + w.execute() + w.sync(), 70),
+        ("s", w.bind_complete() + w.data_row(b"1") + w.command_complete("SELECT 1"), 80),
+        ("s", w.ready(), 81),
+        # an error before s2's Parse: the server skips it, so s2 does not exist
+        ("c", w.parse("SELECT 1/0") + w.bind() + w.execute(), 90),
+        ("c", w.parse("SELECT c FROM t", "s2") + w.sync(), 91),
+        ("s", w.parse_complete() + w.bind_complete() + w.error("22012", "division by zero"), 100),
+        ("s", w.ready(), 101),
+        ("c", w.bind("s2") + w.execute() + w.sync(), 110),
+        ("s", w.error("26000", 'prepared statement "s2" does not exist') + w.ready(), 120),
+    ]
+    _, events = _feed(script)
+    assert [(e[0], e[1], e[2]) for e in summary(events)] == [
+        ("ok", "SELECT a FROM t", "SELECT"),
+        ("failed", "SELECT b FROM t", "42P05"),
+        ("failed", "SELECT a FROM t", "42P05"),
+        ("ok", "SELECT a FROM t", "SELECT"),
+        ("failed", "SELECT 1/0", "22012"),
+        ("failed", "", "26000"),
+    ]
