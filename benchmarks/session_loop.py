@@ -126,14 +126,20 @@ def transactions(mode: str, n: int) -> list[tuple[bytes, bytes]]:
     return txs
 
 
-def run(mode: str, n: int, wrap: Callable[[Callable[[], None]], None] | None = None) -> float:
-    """µs per transaction for session + drain to the aggregator."""
-    sink = QueueSink(1 << 20)
-    aggregator = Aggregator(fingerprinter=Fingerprinter(), max_fingerprints=10_000)
+def logged_in(sink: QueueSink) -> Session:
+    """A session past its startup (what the proxy observes first), emitting into ``sink``."""
     session = Session(session_id=1, emit=sink, epoch_offset_ns=0)
     c0, s0 = startup()
     session.client_data(c0, 0)
     session.server_data(s0, 1)
+    return session
+
+
+def run(mode: str, n: int, wrap: Callable[[Callable[[], None]], None] | None = None) -> float:
+    """µs per transaction for session + drain to the aggregator."""
+    sink = QueueSink(1 << 20)
+    aggregator = Aggregator(fingerprinter=Fingerprinter(), max_fingerprints=10_000)
+    session = logged_in(sink)
     txs = transactions(mode, n)
     now = time.monotonic_ns
 
@@ -165,10 +171,7 @@ def session_passes(mode: str, passes: int) -> None:
 
     tune_gc()
     sink = QueueSink(1 << 20)
-    session = Session(session_id=1, emit=sink, epoch_offset_ns=0)
-    c0, s0 = startup()
-    session.client_data(c0, 0)
-    session.server_data(s0, 1)
+    session = logged_in(sink)
     txs = transactions(mode, _POOL)
     now = time.monotonic_ns
     client_data, server_data = session.client_data, session.server_data

@@ -86,15 +86,16 @@ _BEGIN_COMMANDS: Final = frozenset({"BEGIN", "START TRANSACTION"})
 # transaction, not on the block, and cannot run inside one).
 _END_COMMANDS: Final = frozenset({"COMMIT", "ROLLBACK", "PREPARE TRANSACTION"})
 _COMMITTED: Final = frozenset({"COMMIT", "PREPARE TRANSACTION"})
+# Whitespace and comments before a statement's first word.
+_LEADING_COMMENTS: Final = r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*"
 # ROLLBACK TO SAVEPOINT answers with the tag "ROLLBACK" but keeps the block open.
 _SAVEPOINT_ROLLBACK: Final = re.compile(
-    r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*(?:ROLLBACK|ABORT)\s+(?:(?:WORK|TRANSACTION)\s+)?TO\b",
+    _LEADING_COMMENTS + r"(?:ROLLBACK|ABORT)\s+(?:(?:WORK|TRANSACTION)\s+)?TO\b",
     re.IGNORECASE | re.DOTALL,
 )
 # Statements that may end the block with its changes kept (checked at disconnect).
 _ENDS_BLOCK: Final = re.compile(
-    r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*(?:COMMIT|END|PREPARE\s+TRANSACTION)\b",
-    re.IGNORECASE | re.DOTALL,
+    _LEADING_COMMENTS + r"(?:COMMIT|END|PREPARE\s+TRANSACTION)\b", re.IGNORECASE | re.DOTALL
 )
 # COMMIT/ROLLBACK … AND CHAIN starts a new block at once (AND NO CHAIN does not).
 _CHAIN: Final = re.compile(r"\bAND\s+(NO\s+)?CHAIN\b", re.IGNORECASE)
